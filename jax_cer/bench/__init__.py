@@ -1,0 +1,1 @@
+"""Benchmark pipeline: machine records, the ``jax-cer bench`` runner and the BENCHMARKS.md report."""

@@ -1,0 +1,155 @@
+"""The ``jax-cer`` command line.
+
+``jax-cer repro``  checks every model against the golden reference files and prints, per
+                   component, its max error, the tolerance, pass/fail and time (exit 1 on failure).
+``jax-cer bench``  times the models (JAX against the PyTorch reference) into a results JSON and
+                   regenerates BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fmt_err(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.2e}")
+
+
+def _print_table(results, verbose: bool) -> None:
+    header = f"{'case':<14} {'check':<12} {'worst key':<46} {'max err':>9} {'tol':>8}  {'status':<6} {'time':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        key = r.key if len(r.key) <= 46 else "..." + r.key[-43:]
+        status = "PASS" if r.passed else "FAIL"
+        print(
+            f"{r.case:<14} {r.check:<12} {key:<46} {_fmt_err(r.max_error):>9} {r.tolerance:>8.0e}  "
+            f"{status:<6} {r.seconds:>6.1f}s"
+        )
+        if (verbose or not r.passed) and r.detail:
+            print(f"{'':<14} {'':<12} {r.detail}")
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    import jax
+
+    from jax_cer.parity import golden
+
+    golden_dir = Path(args.golden_dir) if args.golden_dir else golden.default_golden_dir()
+    manifest = golden.load_manifest(golden_dir)
+    only = [c for item in (args.only or []) for c in item.split(",") if c]
+    dev = jax.devices()[0]
+    print(f"jax-cer repro: {len(only) or len(manifest['cases'])} golden cases from {golden_dir}")
+    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, matmul precision: highest (fp32)")
+    print(
+        f"reference: {manifest.get('producer', {}).get('torch', '?')} torch, made by `{manifest.get('command', '?')}`"
+    )
+    print()
+    t0 = time.perf_counter()
+
+    def progress(name):
+        print(f"  running {name} ...", file=sys.stderr, flush=True)
+
+    results = golden.run_all(only, golden_dir, layers=not args.no_layers, progress=progress)
+    print()
+    _print_table(results, args.verbose)
+    failed = [r for r in results if not r.passed]
+    total = time.perf_counter() - t0
+    print()
+    print(
+        f"{len(results) - len(failed)}/{len(results)} checks passed in {total:.1f}s"
+        + (f"; FAILED: {len(failed)}" if failed else "")
+    )
+    if args.json:
+        out = {
+            "device": f"{dev.platform}:{dev.device_kind}",
+            "jax": jax.__version__,
+            "python": platform.python_version(),
+            "golden_dir": str(golden_dir),
+            "tolerances": dict(golden.TOLERANCES),
+            "results": [r.as_dict() for r in results],
+            "passed": not failed,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jax_cer.bench import runner
+
+    return runner.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jax-cer",
+        description=(
+            "JAX ports of the compound multimodal emotion recognition models, checked against the "
+            "original PyTorch code."
+        ),
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser(
+        "repro",
+        help="check every model against the golden reference files (parity table; exit 1 on failure)",
+        description=(
+            "Runs every golden check: per-layer forward (<= 1e-5), end-to-end forward (<= 1e-4), gradients "
+            "of a per-frame cross-entropy w.r.t. inputs and weights (<= 1e-4 relative) and training-mode "
+            "BatchNorm statistics, in fp32 with full-precision matmuls, on the default JAX device (GPU if "
+            "present). Golden files come from the PyTorch reference: repro/make_golden.py."
+        ),
+    )
+    r.add_argument(
+        "--only",
+        action="append",
+        metavar="CASES",
+        help="comma-separated case names (e.g. can,jmt_faithful); repeatable",
+    )
+    r.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    r.add_argument("--golden-dir", metavar="DIR", help="golden folder (default: repro/golden, or $JAX_CER_GOLDEN)")
+    r.add_argument("--no-layers", action="store_true", help="skip the per-layer checks (end-to-end and gradients only)")
+    r.add_argument("-v", "--verbose", action="store_true", help="print each check's detail line")
+    r.set_defaults(func=cmd_repro)
+
+    b = sub.add_parser(
+        "bench",
+        help=(
+            "time forward and training step of each model, JAX vs the PyTorch reference; "
+            "writes results JSON and BENCHMARKS.md"
+        ),
+        description=(
+            "Runs the benchmark cases (pytest -m benchmark over tests/bench) on this machine and writes one "
+            "pytest-benchmark JSON under repro/results/<machine>/, runs the parity checks (jax-cer repro) into "
+            "the same folder, then regenerates BENCHMARKS.md from every results file. Needs torch (the "
+            "reference) and a source checkout. Rounds: $JAX_CER_BENCH_ROUNDS (default 8 on CPU, 20 on GPU)."
+        ),
+    )
+    b.add_argument("-k", metavar="EXPR", help="only benchmark cases matching this pytest -k expression")
+    b.add_argument(
+        "--results-dir", metavar="DIR", default=str(REPO_ROOT / "repro" / "results"), help="where result JSONs go"
+    )
+    b.add_argument("--report-only", action="store_true", help="only regenerate BENCHMARKS.md from existing results")
+    b.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
+    b.add_argument("--no-repro", action="store_true", help="do not also run and record the parity checks")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared test helpers: paths to ``../shared``, the original state-dict listings, torch detection."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+STATE_DICT_DIR = SHARED / "spec" / "original-state-dicts"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+# spec §4.4: trainable parameters (backbone excluded, duplicates once) for K = 7 and K = 2, and
+# state-dict entries (backbone, duplicates and BatchNorm buffers included); spec §2.2: IR-50.
+TRAINABLE = {
+    "lfan": {7: 5_002_503, 2: 5_001_378},
+    "can": {7: 5_818_439, 2: 5_816_514},
+    "jmt": {7: 6_348_231, 2: 6_347_586},
+    "mt": {7: 5_984_455, 2: 5_983_810},
+}
+STATE_DICT_ENTRIES = {"lfan": 534, "can": 551, "jmt": 621, "mt": 593}
+IR50_PARAMS = 37_287_624
+
+
+def read_tsv(name: str) -> list[tuple[str, str, str]]:
+    """Rows ``(key, shape, dtype)`` of ``original-state-dicts/<name>.tsv`` ('#' lines skipped);
+    skips the test when the listing is not beside the checkout."""
+    path = STATE_DICT_DIR / f"{name}.tsv"
+    if not path.is_file():
+        pytest.skip(f"original state-dict listing not found: {path} (needs ../shared beside the checkout)")
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, shape, dtype = line.split("\t")
+            rows.append((key, shape.strip(), dtype.strip()))
+    return rows
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason="needs PyTorch (pip install -e '.[test]' installs torch==2.13.0)")
+    for item in items:
+        if "torch" in item.keywords or "live" in item.keywords:
+            item.add_marker(skip)

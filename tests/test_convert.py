@@ -1,0 +1,209 @@
+"""Strict import / export of the original state dicts (``jax_cer.models.convert``)."""
+
+from __future__ import annotations
+
+import ast
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_cer.models import (
+    StateDictError,
+    build_model,
+    from_original_state_dict,
+    load_state_dict_file,
+    to_original_state_dict,
+    torch_entries,
+)
+from jax_cer.parity.weights import draw_state_dict
+from tests.conftest import IR50_PARAMS, REPO, STATE_DICT_ENTRIES, TRAINABLE, read_tsv
+
+FUSION = ("lfan", "can", "mt", "jmt")
+
+
+def _entries(name: str, **config):
+    return torch_entries(nnx.eval_shape(lambda: build_model(name, **config)))
+
+
+def _draw(name: str, seed: int = 0, **config) -> dict[str, np.ndarray]:
+    return draw_state_dict([(e.key, e.torch_shape, e.torch_dtype) for e in _entries(name, **config)], seed)
+
+
+@pytest.mark.parametrize("name", FUSION)
+def test_key_table_matches_original_listing(name: str) -> None:
+    """Keys, shapes and dtypes equal the original's state_dict listing, in the original order."""
+    rows = read_tsv(name)
+    ours = [(e.key, str(list(e.torch_shape)), e.torch_dtype) for e in _entries(name)]
+    assert len(ours) == STATE_DICT_ENTRIES[name]
+    assert ours == rows
+
+
+@pytest.mark.parametrize("name", FUSION)
+@pytest.mark.parametrize("k", [7, 2])
+def test_trainable_parameter_counts(name: str, k: int) -> None:
+    """Spec §4.4: trainable parameters, backbone excluded, weight-norm duplicates counted once."""
+    entries = _entries(name, num_classes=k)
+    n = sum(
+        math.prod(e.torch_shape)
+        for e in entries
+        if e.trainable and e.alias_of is None and not e.key.startswith("spatial.")
+    )
+    assert n == TRAINABLE[name][k]
+
+
+def test_ir50_keys_and_count() -> None:
+    entries = _entries("ir50")
+    assert sum(e.key.startswith("backbone.") for e in entries) == 349
+    assert [e.key for e in entries if not e.key.startswith("backbone.")] == ["logits.weight", "logits.bias"]
+    assert sum(math.prod(e.torch_shape) for e in entries if e.trainable) == IR50_PARAMS
+    fc = next(e for e in entries if e.key == "backbone.output_layer.3.weight")
+    assert fc.torch_shape == (512, 12800)
+
+
+@pytest.mark.parametrize("name", ["tcn", "ir50", "lfan", "can", "mt", "jmt"])
+def test_round_trip_is_identity(name: str) -> None:
+    sd = _draw(name, seed=3)
+    model = from_original_state_dict(name, sd)
+    out = to_original_state_dict(model)
+    assert list(out) == list(sd)
+    for k, v in sd.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape, k
+        np.testing.assert_array_equal(out[k], v, err_msg=k)
+    again = from_original_state_dict(name, out)
+    a, b = nnx.state(model), nnx.state(again)
+    for (pa, va), (pb, vb) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b), strict=True):
+        assert pa == pb
+        np.testing.assert_array_equal(np.asarray(va.get_value()), np.asarray(vb.get_value()))
+
+
+def test_num_classes_read_from_checkpoint() -> None:
+    sd = _draw("can", num_classes=2)
+    assert from_original_state_dict("can", sd).config.num_classes == 2
+    with pytest.raises(StateDictError, match=r"fc2.weight: shape \[2, 384\], expected \[7, 384\]"):
+        from_original_state_dict("can", sd, num_classes=7)
+
+
+def test_tcn_channels_read_from_checkpoint() -> None:
+    sd = _draw("tcn", num_inputs=128, channels=(64, 64, 32))
+    model = from_original_state_dict("tcn", sd)
+    assert model.config.channels == (64, 64, 32) and model.config.num_inputs == 128
+
+
+def test_every_problem_is_named_at_once() -> None:
+    sd = _draw("can")
+    del sd["fc1.bias"]
+    sd["fc9.weight"] = np.zeros(3, np.float32)
+    sd["bn1.running_mean"] = np.zeros(5, np.float32)
+    sd["fc2.bias"] = np.zeros(7, np.int32)
+    sd["bn1.num_batches_tracked"] = np.array(1.5)
+    sd["fuse.weights.bias"] = np.full(384, np.nan, np.float32)
+    sd["temporal.video.network.0.net.0.bias"] = sd["temporal.video.network.0.conv1.bias"] + 1
+    with pytest.raises(StateDictError) as err:
+        from_original_state_dict("can", sd)
+    msg = str(err.value)
+    for needle in (
+        "missing keys (1): ['fc1.bias']",
+        "unexpected keys (1): ['fc9.weight']",
+        "bn1.running_mean: shape [5], expected [384]",
+        "fc2.bias: dtype int32, expected floating point",
+        "bn1.num_batches_tracked: dtype float64, expected an integer counter",
+        "fuse.weights.bias: holds 384 NaN/inf values",
+        "temporal.video.network.0.net.0.bias: differs from its duplicate temporal.video.network.0.conv1.bias",
+    ):
+        assert needle in msg, f"{needle!r} not in:\n{msg}"
+
+
+def test_modality_mismatch_hints_at_config() -> None:
+    sd = _draw("lfan", modalities=("video", "vggish"))
+    with pytest.raises(StateDictError, match="pass config overrides"):
+        from_original_state_dict("lfan", sd)
+    model = from_original_state_dict("lfan", sd, modalities=("video", "vggish"))
+    assert model.config.modalities == ("video", "vggish")
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="unknown model 'vit'"):
+        from_original_state_dict("vit", {})
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_file_formats_without_torch(tmp_path: Path, fmt: str) -> None:
+    sd = _draw("tcn")
+    path = tmp_path / f"tcn.{fmt}"
+    if fmt == "npz":
+        np.savez(path, **sd)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(sd, str(path))
+    loaded = load_state_dict_file(path)
+    assert set(loaded) == set(sd)
+    model = from_original_state_dict("tcn", path)
+    assert set(to_original_state_dict(model)) == set(sd)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="state dict file not found"):
+        load_state_dict_file(tmp_path / "missing.pt")
+    bad = tmp_path / "weights.h5"
+    bad.write_bytes(b"x")
+    with pytest.raises(StateDictError, match="unknown state dict format '.h5'"):
+        load_state_dict_file(bad)
+    corrupt = tmp_path / "weights.npz"
+    corrupt.write_bytes(b"not a zip")
+    with pytest.raises(StateDictError, match="weights.npz: not a readable .npz"):
+        load_state_dict_file(corrupt)
+    with pytest.raises(StateDictError, match="missing keys"):
+        from_original_state_dict("tcn", {})
+
+
+@pytest.mark.torch
+def test_pt_files_weights_only(tmp_path: Path) -> None:
+    import torch
+
+    sd = _draw("tcn")
+    path = tmp_path / "model.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+    model = from_original_state_dict("tcn", path)
+    out = to_original_state_dict(model)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(out[k], v)
+    wrapped = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}, "epoch": 3}, wrapped)
+    assert set(load_state_dict_file(wrapped)) == set(sd)
+    pickled = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: needs unpickling code, refused
+    with pytest.raises(StateDictError, match="not a weights-only PyTorch checkpoint"):
+        load_state_dict_file(pickled)
+
+
+def test_pt_without_torch_gives_clear_error(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x02")
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(ImportError, match=r"needs PyTorch \(pip install torch==2.13.0\)"):
+        load_state_dict_file(path)
+
+
+def test_package_never_imports_torch_at_module_level() -> None:
+    """No module of jax_cer/ (or kernels/) imports torch at top level, and importing them does not load it."""
+    for folder in ("jax_cer", "kernels"):
+        for path in sorted((REPO / folder).rglob("*.py")) if (REPO / folder).is_dir() else []:
+            tree = ast.parse(path.read_text())
+            for node in tree.body:
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports torch"
+    code = (
+        "import sys, jax_cer.models, jax_cer.cli, jax_cer.parity.golden; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,0 +1,80 @@
+"""Parity of every model against the committed golden files of the PyTorch reference.
+
+Tolerances live in ``jax_cer.parity.golden.TOLERANCES``: per layer 1e-5 (each stored
+intermediate from the reference values of its inputs), end to end 1e-4, gradients 1e-4
+relative (float64), training-mode BatchNorm statistics 1e-4. Regenerate the files with
+``python repro/make_golden.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jax_cer.parity import golden
+from jax_cer.parity.weights import sha256
+
+MANIFEST = golden.load_manifest()
+
+
+def _report(results) -> str:
+    return "\n".join(
+        f"{r.check}: worst {r.key} err {r.max_error:.3e} (tol {r.tolerance:.0e}) {r.detail}"
+        for r in results
+        if not r.passed
+    )
+
+
+@pytest.mark.parametrize("case", list(MANIFEST["cases"]))
+def test_golden_case(case: str) -> None:
+    results = golden.run_case(golden.load_case(case, MANIFEST))
+    checks = {r.check for r in results}
+    expected = {"forward", "grad input", "grad params"}
+    expected |= {"state"} if MANIFEST["cases"][case]["mode"] == "train" else {"layer"}
+    assert checks == expected, f"checks run: {checks}; {_report(results)}"
+    assert all(r.passed for r in results), _report(results)
+    assert all(r.count > 0 for r in results)
+
+
+def test_golden_files_small_and_complete() -> None:
+    """All golden files together stay under 20 MB; every case has a manifest entry."""
+    folder = golden.default_golden_dir()
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    assert total < 20e6, f"golden files take {total / 1e6:.1f} MB"
+    files = {p.name for p in folder.glob("*.npz")}
+    assert files == {c["file"] for c in MANIFEST["cases"].values()}
+    for key in ("command", "producer", "weights", "weights_sha256"):
+        assert key in MANIFEST
+
+
+def test_edited_golden_file_is_rejected(tmp_path) -> None:
+    """A golden array that differs from its manifest sha256 is refused, not compared."""
+    folder = golden.default_golden_dir()
+    for name in ("manifest.json", "tcn.npz"):
+        shutil.copy(folder / name, tmp_path / name)
+    with np.load(tmp_path / "tcn.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["output"] = arrays["output"] + 1e-3
+    np.savez(tmp_path / "tcn.npz", **arrays)
+    with pytest.raises(golden.GoldenFileError, match="differ from the manifest"):
+        golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
+
+
+def test_wrong_reference_output_fails_the_check(tmp_path) -> None:
+    """A consistent but wrong golden output (manifest updated) makes the forward check fail."""
+    folder = golden.default_golden_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shutil.copy(folder / "tcn.npz", tmp_path / "tcn.npz")
+    with np.load(tmp_path / "tcn.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["output"] = arrays["output"] + 1e-3
+    np.savez(tmp_path / "tcn.npz", **arrays)
+    manifest["cases"]["tcn"]["arrays"]["output"]["sha256"] = sha256(arrays["output"])
+    manifest["cases"] = {"tcn": manifest["cases"]["tcn"]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    results = golden.run_case(golden.load_case("tcn", manifest, tmp_path), layers=False)
+    forward = next(r for r in results if r.check == "forward")
+    assert not forward.passed and forward.key == "output" and forward.max_error > 9e-4

@@ -1,0 +1,232 @@
+"""Behaviour of the JAX models that golden files cannot show: causality, windowed evaluation,
+the ``faithful`` batch mixing of MT/JMT, training vs inference mode, input validation and the
+attention hook."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_cer.models import build_model, sliding_window_logits
+from jax_cer.windowing import pad_to_length, window_bounds
+
+DIMS = {"video": 512, "vggish": 128, "bert": 768}
+
+
+def _inputs(b: int, t: int, seed: int = 0, frames: bool = False) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(seed)
+    out = {m: jnp.asarray(rng.normal(size=(b, t, d)).astype(np.float32)) for m, d in DIMS.items()}
+    if frames:
+        out["video"] = jnp.asarray(rng.uniform(-1, 1, size=(b, t, 40, 40, 3)).astype(np.float32))
+    return out
+
+
+def _max_diff(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)))
+
+
+@pytest.fixture(scope="module")
+def models():
+    rngs = nnx.Rngs(0)
+    return {
+        "tcn": build_model("tcn", rngs=rngs),
+        "lfan": build_model("lfan", window_length=24, rngs=rngs),
+        "can": build_model("can", rngs=rngs),
+        "mt": build_model("mt", rngs=rngs),
+        "jmt": build_model("jmt", rngs=rngs),
+        "mt_faithful": build_model("mt", faithful=True, rngs=rngs),
+        "jmt_faithful": build_model("jmt", faithful=True, rngs=rngs),
+    }
+
+
+def test_tcn_is_causal(models) -> None:
+    """Appending or changing later frames never changes earlier outputs."""
+    tcn = models["tcn"]
+    x = _inputs(1, 300)["video"]
+    full = tcn(x)
+    np.testing.assert_allclose(tcn(x[:, :250]), full[:, :250], atol=1e-5)
+    changed = x.at[:, 200:].set(3.0)
+    np.testing.assert_allclose(tcn(changed)[:, :200], full[:, :200], atol=1e-5)
+    assert _max_diff(tcn(changed)[:, 200:], full[:, 200:]) > 1e-2
+
+
+def test_lfan_rejects_other_lengths(models) -> None:
+    with pytest.raises(ValueError, match="window_length=24 frames .* T=30.*sliding_window_logits"):
+        models["lfan"](_inputs(1, 30))
+
+
+@pytest.mark.parametrize("n", [10, 24, 25, 55, 97])
+def test_lfan_sliding_window_averages_overlaps(models, n: int) -> None:
+    lfan, w, hop = models["lfan"], 24, 16
+    x = _inputs(1, n, seed=n)
+    got = sliding_window_logits(lfan, x, hop)
+    if n < w:  # padded by repeating the last frame; w frames out, as the original
+        assert got.shape == (1, w, 7)
+        np.testing.assert_allclose(got, lfan({m: pad_to_length(v, w, axis=1) for m, v in x.items()}), atol=1e-6)
+        return
+    total, count = np.zeros((n, 7)), np.zeros(n)
+    for s, e in window_bounds(n, w, hop):
+        total[s:e] += np.asarray(lfan({m: v[:, s:e] for m, v in x.items()})[0])
+        count[s:e] += 1
+    assert got.shape == (1, n, 7)
+    np.testing.assert_allclose(got[0], total / count[:, None], atol=1e-5)
+
+
+def test_lfan_window_counts_match_spec() -> None:
+    count = np.zeros(650, int)
+    for s, e in window_bounds(650, 300, 200):
+        count[s:e] += 1
+    expected = np.concatenate([np.full(200, 1), np.full(100, 2), np.full(50, 1), np.full(150, 2), np.full(150, 1)])
+    np.testing.assert_array_equal(count, expected)
+
+
+def test_sliding_window_needs_batch_one(models) -> None:
+    with pytest.raises(ValueError, match="batch size 1"):
+        sliding_window_logits(models["lfan"], _inputs(2, 30))
+
+
+@pytest.mark.parametrize("name", ["mt", "jmt"])
+def test_fixed_mt_jmt_keep_samples_apart(models, name: str) -> None:
+    """faithful=False: a batch of two clips gives exactly the two batch-1 results."""
+    model, x = models[name], _inputs(2, 32, seed=1)
+    both = model(x)
+    for b in range(2):
+        np.testing.assert_allclose(both[b], model({m: v[b : b + 1] for m, v in x.items()})[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mt", "jmt"])
+def test_faithful_mt_jmt_mix_samples_as_documented(models, name: str) -> None:
+    """faithful=True: each stream's final attention runs over all T*B tokens of the batch.
+
+    So (1) batch-2 results differ from the batch-1 ones, and sample 0 depends on sample 1;
+    (2) a batch holding the same clip twice equals the batch-1 result (every key appears twice,
+    the softmax weights halve, the sums are unchanged); (3) the token order does not matter, so
+    swapping the samples swaps the outputs.
+    """
+    model, x = models[f"{name}_faithful"], _inputs(2, 32, seed=2)
+    single = [model({m: v[b : b + 1] for m, v in x.items()})[0] for b in range(2)]
+    both = model(x)
+    assert _max_diff(both[0], single[0]) > 1e-3 and _max_diff(both[1], single[1]) > 1e-3
+    other = {m: v.at[1].multiply(-1.0) for m, v in x.items()}
+    assert _max_diff(model(other)[0], both[0]) > 1e-3
+    twice = model({m: jnp.concatenate([v[:1], v[:1]]) for m, v in x.items()})
+    np.testing.assert_allclose(twice[0], single[0], atol=1e-5)
+    np.testing.assert_allclose(twice[1], single[0], atol=1e-5)
+    swapped = model({m: v[::-1] for m, v in x.items()})
+    np.testing.assert_allclose(swapped[::-1], both, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mt", "jmt"])
+def test_unused_bert_tcn_changes_nothing_at_inference(name: str) -> None:
+    rngs = nnx.Rngs(1)
+    skip, run = build_model(name, rngs=rngs), build_model(name, compute_unused_modalities=True, rngs=nnx.Rngs(1))
+    x = _inputs(1, 16)
+    out_skip, inter_skip = skip(x, return_intermediates=True)
+    out_run, inter_run = run(x, return_intermediates=True)
+    np.testing.assert_array_equal(out_skip, out_run)
+    assert "temporal.bert" in inter_run and "temporal.bert" not in inter_skip
+    out_nobert = skip({m: v for m, v in x.items() if m != "bert"})
+    np.testing.assert_array_equal(out_nobert, out_skip)
+
+
+def test_inference_mode_is_default_and_deterministic(models) -> None:
+    model, x = models["can"], _inputs(2, 16)
+    np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_training_mode_dropout_and_batch_statistics() -> None:
+    model = build_model("can", rngs=nnx.Rngs(0))
+    x = _inputs(2, 16)
+    before = np.asarray(model.bn["video"].mean[...])
+    model.train()
+    with pytest.raises(ValueError, match="no random key"):
+        model(x)
+    a = model(x, rngs=nnx.Rngs(dropout=1))
+    b = model(x, rngs=nnx.Rngs(dropout=2))
+    assert _max_diff(a, b) > 1e-3, "dropout is not active in training mode"
+    after = np.asarray(model.bn["video"].mean[...])
+    assert not np.allclose(before, after), "running statistics did not update"
+    assert int(model.bn["video"].num_batches_tracked[...]) == 2
+    model.eval()
+    frozen = np.asarray(model.bn["video"].mean[...])
+    model(x)
+    np.testing.assert_array_equal(frozen, model.bn["video"].mean[...])
+
+
+def test_batchnorm_training_update_uses_unbiased_variance() -> None:
+    from jax_cer.models.layers import BatchNorm
+
+    bn = BatchNorm(3)
+    bn.train()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32))
+    y = bn(x)
+    flat = np.asarray(x).reshape(-1, 3)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), atol=1e-6)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), atol=1e-6)
+    np.testing.assert_allclose(y, ((flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)).reshape(4, 5, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_backbone_frozen_unless_faithful(follows: bool) -> None:
+    model = build_model("lfan", window_length=2, dropout=0.0, attn_dropout=0.0, backbone_follows_train=follows)
+    stats = model.spatial.visual.backbone.input_bn.mean
+    before = np.asarray(stats[...])
+    model.train()
+    model(_inputs(1, 2, frames=True), rngs=nnx.Rngs(dropout=0))
+    changed = not np.array_equal(before, np.asarray(stats[...]))
+    assert changed == follows
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x: {k: v for k, v in x.items() if k != "vggish"}, r"missing modalities \['vggish'\]"),
+        (lambda x: {**x, "audio": x["vggish"]}, r"unexpected \['audio'\]"),
+        (
+            lambda x: {**x, "bert": x["bert"][..., :700]},
+            r"input 'bert': expected shape \[B, T, 768\], got \[2, 16, 700\]",
+        ),
+        (lambda x: {**x, "bert": x["bert"][:, :8]}, r"input 'bert': batch and time \[2, 8\] differ"),
+        (lambda x: {**x, "vggish": x["vggish"].astype(jnp.int32)}, r"input 'vggish': expected a floating dtype"),
+        (lambda x: {**x, "video": jnp.zeros((2, 16, 48, 48, 3))}, r"expected face frames of shape \[B, T, 40, 40, 3\]"),
+        (lambda x: list(x.values()), "inputs must be a dict"),
+    ],
+)
+def test_bad_inputs_are_named(models, change, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        models["can"](change(_inputs(2, 16)))
+
+
+@pytest.mark.parametrize(("name", "calls"), [("lfan", 1), ("can", 0), ("mt", 6), ("jmt", 11)])
+def test_every_attention_goes_through_the_hook(name: str, calls: int) -> None:
+    seen = []
+
+    def counting_attention(query, key, value, **kwargs):
+        seen.append(query.shape)
+        return nnx.dot_product_attention(query, key, value, **kwargs)
+
+    t = 24 if name == "lfan" else 16
+    cfg = {"window_length": t} if name == "lfan" else {}
+    plain = build_model(name, rngs=nnx.Rngs(3), **cfg)
+    hooked = build_model(name, rngs=nnx.Rngs(3), attention_fn=counting_attention, **cfg)
+    x = _inputs(1, t)
+    np.testing.assert_array_equal(plain(x), hooked(x))
+    assert len(seen) == calls
+
+
+def test_jit_with_split_merge_matches_eager_and_compiles_once(models) -> None:
+    model, x = models["jmt"], _inputs(1, 16)
+    graphdef, state = nnx.split(model)
+    traces = []
+
+    @jax.jit
+    def forward(state, x):
+        traces.append(1)
+        return nnx.merge(graphdef, state)(x)
+
+    np.testing.assert_allclose(forward(state, x), model(x), atol=1e-5)
+    forward(state, _inputs(1, 16, seed=5))
+    assert len(traces) == 1

@@ -86,5 +86,6 @@ def machine_slug(record: dict) -> str:
     if record["platform"] == "gpu":
         base = f"gpu-{record['device']}"
     else:
-        base = f"cpu-{record['cpu'].split('(')[0]}-{os.cpu_count()}c"
+        name = re.sub(r"\((R|TM)\)|\(\d+ cores\)|@.*", "", record["cpu"], flags=re.IGNORECASE)
+        base = f"cpu-{name}-{os.cpu_count()}c"
     return re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")

@@ -230,3 +230,21 @@ def test_jit_with_split_merge_matches_eager_and_compiles_once(models) -> None:
     np.testing.assert_allclose(forward(state, x), model(x), atol=1e-5)
     forward(state, _inputs(1, 16, seed=5))
     assert len(traces) == 1
+
+
+def test_config_presets_hold_the_original_defaults() -> None:
+    from jax_cer.models import config_for
+
+    lfan = config_for("lfan")
+    assert (lfan.num_classes, lfan.window_length, lfan.dropout, lfan.modal_dim, lfan.num_heads) == (7, 300, 0.1, 32, 2)
+    assert lfan.tcn_channels["vggish"] == (64, 64, 32, 32)
+    can = config_for("can", "meld")
+    assert (can.num_classes, can.dropout, can.tcn_channels["video"]) == (7, 0.2, (256, 256, 128, 128, 128))
+    assert config_for("jmt", "bah").num_classes == 2 and config_for("jmt", "bah").faithful is False
+    assert config_for("can", "c-expr-db-other").num_classes == 8
+    with pytest.raises(ValueError, match="unknown dataset 'affwild'"):
+        config_for("can", "affwild")
+    with pytest.raises(TypeError, match="has no field"):
+        config_for("can", window_length=3)
+    with pytest.raises(ValueError, match="MT/JMT need the modality 'vggish'"):
+        config_for("mt", modalities=("video", "bert"))

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from jax_cer.models import build_model, sliding_window_logits
+from jax_cer.models.attention import dot_product_attention
 from jax_cer.windowing import pad_to_length, window_bounds
 
 DIMS = {"video": 512, "vggish": 128, "bert": 768}
@@ -206,7 +207,7 @@ def test_every_attention_goes_through_the_hook(name: str, calls: int) -> None:
 
     def counting_attention(query, key, value, **kwargs):
         seen.append(query.shape)
-        return nnx.dot_product_attention(query, key, value, **kwargs)
+        return dot_product_attention(query, key, value, **kwargs)
 
     t = 24 if name == "lfan" else 16
     cfg = {"window_length": t} if name == "lfan" else {}
@@ -248,3 +249,42 @@ def test_config_presets_hold_the_original_defaults() -> None:
         config_for("can", window_length=3)
     with pytest.raises(ValueError, match="MT/JMT need the modality 'vggish'"):
         config_for("mt", modalities=("video", "bert"))
+
+
+@pytest.mark.parametrize(
+    ("q_shape", "kv_len", "extra"),
+    [
+        ((2, 30, 1, 128), 30, {}),
+        ((7, 6, 1, 16), 6, {}),
+        ((2, 5, 3, 2, 16), 3, {}),
+        ((2, 9, 4, 8), 13, {"mask": "random"}),
+        ((2, 9, 1, 8), 13, {"bias": "random"}),
+        ((1, 11, 2, 8), 11, {"is_causal": True}),
+    ],
+)
+def test_default_attention_equals_flax(q_shape, kv_len: int, extra: dict) -> None:
+    """The models' default attention (head-major matmuls) computes Flax's dot_product_attention."""
+    rng = np.random.default_rng(0)
+    kv_shape = (*q_shape[:-3], kv_len, *q_shape[-2:])
+    q, k, v = (jnp.asarray(rng.normal(size=s).astype(np.float32)) for s in (q_shape, kv_shape, kv_shape))
+    kwargs = {}
+    logits_shape = (*q_shape[:-3], q_shape[-2], q_shape[-3], kv_len)
+    if extra.get("mask"):
+        kwargs["mask"] = jnp.asarray(rng.uniform(size=logits_shape) > 0.3)
+    if extra.get("bias"):
+        kwargs["bias"] = jnp.asarray(rng.normal(size=logits_shape).astype(np.float32))
+    if extra.get("is_causal"):
+        kwargs["is_causal"] = True
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, **kwargs), nnx.dot_product_attention(q, k, v, **kwargs), atol=2e-6
+    )
+
+
+def test_default_attention_dropout_and_errors() -> None:
+    q = jnp.ones((1, 4, 2, 8))
+    out = dot_product_attention(q, q, q, dropout_rate=0.5, dropout_rng=jax.random.key(0))
+    assert out.shape == q.shape
+    with pytest.raises(ValueError, match="needs dropout_rng"):
+        dot_product_attention(q, q, q, dropout_rate=0.5)
+    with pytest.raises(NotImplementedError, match="sow"):
+        dot_product_attention(q, q, q, module=object())

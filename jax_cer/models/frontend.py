@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cer.models.attention import dot_product_attention
 from jax_cer.models.configs import FusionConfig, IR50Config
 from jax_cer.models.graph import Stage, run_stages
 from jax_cer.models.ir50 import IR50, check_frames
@@ -46,7 +47,7 @@ class FusionModel(nnx.Module):
 
     def __init__(self, config: FusionConfig, *, attention_fn: AttentionFn | None = None, rngs: nnx.Rngs):
         self.config = config
-        self.attention_fn = attention_fn if attention_fn is not None else nnx.dot_product_attention
+        self.attention_fn = attention_fn if attention_fn is not None else dot_product_attention
         self.temporal = nnx.Dict({m: TCN(config.tcn_config(m), rngs=rngs) for m in config.modalities})
         self.bn = nnx.Dict({m: BatchNorm(config.out_dim(m)) for m in config.modalities})
         self.spatial = Spatial(rngs=rngs)

@@ -63,18 +63,27 @@ def test_edited_golden_file_is_rejected(tmp_path) -> None:
         golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
 
 
-def test_wrong_reference_output_fails_the_check(tmp_path) -> None:
-    """A consistent but wrong golden output (manifest updated) makes the forward check fail."""
+@pytest.mark.parametrize(
+    ("array", "failing"),
+    [
+        ("output", {"forward"}),
+        ("inter/network.2", {"layer", "forward"}),  # network.2 itself, and network.3 computed from it
+        ("grad_input/x", {"grad input"}),
+        ("grad_param/network.3.conv2.weight_v", {"grad params"}),
+    ],
+)
+def test_wrong_reference_fails_its_checks(tmp_path, array: str, failing: set) -> None:
+    """A consistent but wrong golden array (manifest updated) fails exactly the checks that read it."""
     folder = golden.default_golden_dir()
     manifest = json.loads((folder / "manifest.json").read_text())
-    shutil.copy(folder / "tcn.npz", tmp_path / "tcn.npz")
-    with np.load(tmp_path / "tcn.npz") as f:
+    with np.load(folder / "tcn.npz") as f:
         arrays = {k: f[k] for k in f.files}
-    arrays["output"] = arrays["output"] + 1e-3
+    arrays[array] = arrays[array] * 1.01 + 1e-3
     np.savez(tmp_path / "tcn.npz", **arrays)
-    manifest["cases"]["tcn"]["arrays"]["output"]["sha256"] = sha256(arrays["output"])
+    manifest["cases"]["tcn"]["arrays"][array]["sha256"] = sha256(arrays[array])
     manifest["cases"] = {"tcn": manifest["cases"]["tcn"]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    results = golden.run_case(golden.load_case("tcn", manifest, tmp_path), layers=False)
-    forward = next(r for r in results if r.check == "forward")
-    assert not forward.passed and forward.key == "output" and forward.max_error > 9e-4
+    results = {r.check: r for r in golden.run_case(golden.load_case("tcn", manifest, tmp_path))}
+    assert {name for name, r in results.items() if not r.passed} == failing
+    if failing != {"layer", "forward"}:
+        assert results[next(iter(failing))].key == array.split("/", 1)[-1]

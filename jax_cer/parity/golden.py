@@ -153,8 +153,7 @@ def build_case_model(meta: Mapping[str, Any], attention_fn=None):
                 f"case {meta['model']}: synthetic weights differ from the reference's for {len(bad)} keys "
                 f"(first: {bad[:5]}); the key lists or the weight generator changed"
             )
-    kwargs = {} if attention_fn is None else {"attention_fn": attention_fn}
-    return from_original_state_dict(name, weights, **config, **kwargs)
+    return from_original_state_dict(name, weights, attention_fn=attention_fn, **config)
 
 
 # -- comparisons ---------------------------------------------------------------------------

@@ -129,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
             "writes results JSON and BENCHMARKS.md"
         ),
         description=(
-            "Runs the benchmark cases (pytest -m benchmark over tests/bench) on this machine and writes one "
+            "Runs the benchmark cases (pytest -m benchmark over tests/bench: fusion models against the PyTorch "
+            "reference, attention against jax.nn.dot_product_attention) on this machine and writes one "
             "pytest-benchmark JSON under repro/results/<machine>/, runs the parity checks (jax-cer repro) into "
-            "the same folder, then regenerates BENCHMARKS.md from every results file. Needs torch (the "
-            "reference) and a source checkout. Rounds: $JAX_CER_BENCH_ROUNDS (default 8 on CPU, 20 on GPU)."
+            "the same folder and the kernels' ahead-of-time compile check into repro/results/aot/, then "
+            "regenerates BENCHMARKS.md from every results file. Needs torch (the reference) and a source "
+            "checkout. Rounds: $JAX_CER_BENCH_ROUNDS (default 8 on CPU, 20 on GPU); -k selects cases."
         ),
     )
     b.add_argument("-k", metavar="EXPR", help="only benchmark cases matching this pytest -k expression")
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report-only", action="store_true", help="only regenerate BENCHMARKS.md from existing results")
     b.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
     b.add_argument("--no-repro", action="store_true", help="do not also run and record the parity checks")
+    b.add_argument(
+        "--no-aot", action="store_true", help="do not recompile the kernels for sm_80/sm_90 (resource table)"
+    )
     b.set_defaults(func=cmd_bench)
     return p
 

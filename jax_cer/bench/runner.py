@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from jax_cer.bench import report
 from jax_cer.bench.machine import REPO_ROOT, machine_record, machine_slug
 
 NOTES = REPO_ROOT / "repro" / "benchmark_notes.md"
+AOT_JSON = "aot/kernels-aot.json"
 OUTPUT = REPO_ROOT / "BENCHMARKS.md"
 
 
@@ -50,6 +52,11 @@ def main(args: argparse.Namespace) -> int:
             print(f"benchmarks failed (exit {rc}); {out} may be incomplete", file=sys.stderr)
             return rc
         print(f"wrote {out}")
+        if not args.no_aot:
+            env = {**os.environ, "TRITON_INTERPRET": "0"}
+            cmd = [sys.executable, "-m", "kernels.aot", "--json", str(results_dir / AOT_JSON)]
+            if subprocess.call(cmd, cwd=REPO_ROOT, env=env) != 0:
+                print("ahead-of-time compile check failed; see above", file=sys.stderr)
         if not args.no_repro:
             from jax_cer.cli import main as cli_main
 

@@ -1,0 +1,246 @@
+"""Triton kernels of the fused attention (FlashAttention-2 style), forward and backward.
+
+Layout: q ``[B, Sq, H, D]``, k / v ``[B, Sk, H, D]`` (any element strides), o like q,
+log-sum-exp ``[B, H, Sq]`` float32 in base 2 (``lse2 = m2 + log2(l)``, ``+inf`` for a query row
+that sees no key). Scores are ``s = scale * q.k``; the kernels work in the exp2 domain with
+``scale * log2(e)`` folded in. A key ``j`` is visible to query ``i`` when ``j < kv_len[b]`` and,
+if causal, ``j <= i + Sk - Sq`` (bottom-right aligned). Tiles are padded to ``BLOCK_D``, the next
+power of two >= D, with masked loads. Accumulation is float32; ``IEEE`` asks for full-precision
+fp32 dots (TF32 is not float32); ``UPCAST`` casts tiles to float32 before every dot (the CPU
+interpreter multiplies raw bits for bfloat16 ``tl.dot``).
+
+This module is loaded twice by :mod:`kernels.loader`: once with ``TRITON_INTERPRET=1`` (CPU
+tests) and once without (GPU, ahead-of-time compilation). It imports nothing but Triton.
+
+Parameter order is fixed for ``jax_triton.triton_call``: input arrays, runtime scalars, then the
+output arrays, then the ``tl.constexpr`` parameters.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, LENS,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    H, SQ, SK, D, scale_log2,
+    O, LSE,
+    IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
+    kv_len = SK
+    if HAS_LENS:
+        kv_len = tl.minimum(tl.load(LENS + b), SK)
+    hi = kv_len
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + SK - SQ)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        key_ok = cols < kv_len
+        kt = tl.load(
+            k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+            mask=key_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
+        valid = key_ok[None, :]
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= offs_m[:, None] + (SK - SQ))
+        qk = tl.where(valid, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+            mask=key_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
+        m_i = m_new
+
+    empty = l_i == 0.0  # every key masked: output 0, lse +inf (backward: exp2(x - inf) = 0)
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    # O shares q's strides (allocated like q by the caller).
+    o_ptrs = O + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < SQ) & d_ok[None, :])
+    tl.store(LSE + pid_bh * SQ + offs_m, lse, mask=offs_m < SQ)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    O, DO,
+    stride_ob, stride_os, stride_oh, stride_od,
+    H, SQ, D,
+    DELTA,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """``delta[b, h, i] = sum_d dO[i, d] * O[i, d]`` in float32."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < SQ) & (offs_d[None, :] < D)
+    off = b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
+    o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + pid_bh * SQ + offs_m, tl.sum(o * do, 1), mask=offs_m < SQ)
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, LENS,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    H, SQ, SK, D, scale_log2, scale,
+    DK, DV,
+    IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One block of keys: dV = sum_i P^T dO, dK = scale * sum_i dS^T Q over the query blocks.
+
+    dO shares q's strides; dK / dV share k's / v's.
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    kv_len = SK
+    if HAS_LENS:
+        kv_len = tl.minimum(tl.load(LENS + b), SK)
+    key_ok = offs_n < kv_len
+    k_off = b * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd
+    v_off = b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
+    k = tl.load(K + k_off, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + v_off, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_qb + h * stride_qh
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo = 0
+    if IS_CAUSAL:  # the first query that sees this block's first key
+        lo = tl.maximum(pid_n * BLOCK_N - (SK - SQ), 0)
+        lo = (lo // BLOCK_M) * BLOCK_M
+    for start_m in range(lo, SQ, BLOCK_M):
+        offs_m = start_m + offs_m0
+        row_ok = offs_m < SQ
+        rows = offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+        q = tl.load(q_base + rows, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        do = tl.load(do_base + rows, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
+        qkt = _dot(k, tl.trans(q), IEEE, UPCAST) * scale_log2  # [BLOCK_N, BLOCK_M]
+        valid = key_ok[:, None] & row_ok[None, :]
+        if IS_CAUSAL:
+            valid = valid & (offs_n[:, None] <= offs_m[None, :] + (SK - SQ))
+        pt = tl.where(valid, tl.exp2(qkt - lse[None, :]), 0.0)
+        dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
+        dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
+        dst = pt * (dpt - delta[None, :])
+        dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
+    store_ok = (offs_n[:, None] < SK) & d_ok[None, :]
+    tl.store(DK + k_off, (dk * scale).to(DK.dtype.element_ty), mask=store_ok)
+    tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, LENS,
+    stride_qb, stride_qs, stride_qh, stride_qd,
+    stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd,
+    H, SQ, SK, D, scale_log2, scale,
+    DQ,
+    IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One block of queries: dQ = scale * sum_j dS K over the key blocks (dO, dQ share q's strides)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    row_ok = offs_m < SQ
+    q_off = b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    q = tl.load(Q + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
+    kv_len = SK
+    if HAS_LENS:
+        kv_len = tl.minimum(tl.load(LENS + b), SK)
+    hi = kv_len
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + SK - SQ)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n0
+        key_ok = cols < kv_len
+        kt = tl.load(
+            k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+            mask=key_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        vt = tl.load(
+            v_base + cols[None, :] * stride_vs + offs_d[:, None] * stride_vd,
+            mask=key_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
+        valid = key_ok[None, :] & row_ok[:, None]
+        if IS_CAUSAL:
+            valid = valid & (cols[None, :] <= offs_m[:, None] + (SK - SQ))
+        p = tl.where(valid, tl.exp2(qk - lse[:, None]), 0.0)
+        dp = _dot(do, vt, IEEE, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
+    tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

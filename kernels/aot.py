@@ -1,0 +1,199 @@
+"""Ahead-of-time compilation of every shipped kernel configuration for GPU targets, without a GPU.
+
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` produces the PTX and cubin;
+the register count and spills come from running Triton's own ptxas with ``-v`` on that PTX (the
+driver that normally reports them needs a GPU), the shared memory from Triton's metadata.
+Each configuration is compiled with causal masking and per-example lengths enabled, the
+heaviest variant of its code.
+
+Run ``python -m kernels.aot --json PATH`` to write the table (``jax-cer bench`` reports it in
+BENCHMARKS.md); ``tests/test_kernels_aot.py`` asserts that everything compiles, nothing spills
+and the shared memory fits the chip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kernels.configs import KernelConfig, shipped
+
+TARGETS = {80: "sm_80 (A100)", 90: "sm_90 (H100/H200)"}
+SHARED_LIMIT = {80: 166912, 90: 232448}
+"""Largest dynamic shared memory one block may use (bytes): A100 163 KiB, H100 227 KiB."""
+
+_TRITON_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_STRIDES = [f"stride_{t}{a}" for t in "qkv" for a in "bshd"]
+_FLAGS = ("IS_CAUSAL", "HAS_LENS", "BLOCK_M", "BLOCK_N", "BLOCK_D", "IEEE", "UPCAST")
+
+
+@dataclasses.dataclass
+class CompileResult:
+    kernel: str
+    dtype: str
+    block_d: int
+    cc: int
+    config: dict
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared_bytes: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.spill_stores == 0 and self.spill_loads == 0 and self.shared_bytes <= SHARED_LIMIT[self.cc]
+
+
+def signature(kernel: str, dtype: str, bd: int, cfg: KernelConfig) -> tuple[str, dict, dict]:
+    """(kernel function name, Triton signature, constexprs) of one configuration."""
+    t = "*" + _TRITON_DTYPE[dtype]
+    flags = {
+        "IS_CAUSAL": True,
+        "HAS_LENS": True,
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_D": bd,
+        "IEEE": dtype == "float32",
+        "UPCAST": False,
+    }
+    if kernel == "bwd_preprocess":
+        sig = {"O": t, "DO": t, **{f"stride_o{a}": "i32" for a in "bshd"}, "H": "i32", "SQ": "i32", "D": "i32"}
+        sig["DELTA"] = "*fp32"
+        consts = {"BLOCK_M": cfg.block_m, "BLOCK_D": bd}
+        return "_attn_bwd_preprocess_kernel", {**sig, **dict.fromkeys(consts, "constexpr")}, consts
+    sizes = {"H": "i32", "SQ": "i32", "SK": "i32", "D": "i32", "scale_log2": "fp32"}
+    if kernel == "fwd":
+        sig = {"Q": t, "K": t, "V": t, "LENS": "*i32", **dict.fromkeys(_STRIDES, "i32"), **sizes}
+        sig.update(O=t, LSE="*fp32")
+        name = "_attn_fwd_kernel"
+    else:
+        sig = {"Q": t, "K": t, "V": t, "DO": t, "LSE": "*fp32", "DELTA": "*fp32", "LENS": "*i32"}
+        sig.update({**dict.fromkeys(_STRIDES, "i32"), **sizes, "scale": "fp32"})
+        if kernel == "bwd_dkdv":
+            sig.update(DK=t, DV=t)
+            name = "_attn_bwd_dkdv_kernel"
+        else:
+            sig.update(DQ=t)
+            name = "_attn_bwd_dq_kernel"
+    return name, {**sig, **dict.fromkeys(flags, "constexpr")}, flags
+
+
+def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    arch = "sm_90a" if cc == 90 else f"sm_{cc}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        out = subprocess.run(
+            [get_ptxas(cc).path, "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", str(src), "-o", str(src) + ".o"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+    regs = int(re.search(r"Used (\d+) registers", out).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    return regs, int(spills.group(1)), int(spills.group(2))
+
+
+def compile_one(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int) -> CompileResult:
+    """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.loader import require_mode
+
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    name, sig, consts = signature(kernel, dtype, bd, cfg)
+    t0 = time.perf_counter()
+    fn = getattr(require_mode(interpret=False), name)
+    compiled = triton.compile(
+        ASTSource(fn, sig, consts),
+        target=GPUTarget("cuda", cc, 32),
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+    )
+    regs, stores, loads = _ptxas_report(compiled.asm["ptx"], cc)
+    return CompileResult(
+        kernel,
+        dtype,
+        bd,
+        cc,
+        dataclasses.asdict(cfg),
+        regs,
+        stores,
+        loads,
+        int(compiled.metadata.shared),
+        time.perf_counter() - t0,
+    )
+
+
+def _job(args):
+    return compile_one(*args)
+
+
+def compile_all(targets=(80, 90), workers: int | None = None) -> list[CompileResult]:
+    """Compiles every shipped configuration for every target (in parallel processes)."""
+    jobs = [(k, dt, bd, cfg, cc) for k, dt, bd, cfg in shipped() for cc in targets]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_job, jobs))
+
+
+def table(results: list[CompileResult]) -> str:
+    """A Markdown table of the results."""
+    lines = [
+        "| kernel | dtype | BLOCK_D | target | BLOCK_M x BLOCK_N | warps | stages | registers | spills | shared KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r.config
+        blocks = f"{c['block_m']} x {c['block_n']}" if c["block_n"] else f"{c['block_m']}"
+        lines.append(
+            f"| {r.kernel} | {r.dtype} | {r.block_d} | sm_{r.cc} | {blocks} | {c['num_warps']} | {c['num_stages']} | "
+            f"{r.registers} | {r.spill_stores + r.spill_loads} | {r.shared_bytes / 1024:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("kernels.aot compiles for GPU targets: run it with TRITON_INTERPRET=0", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(description="Compile every shipped attention kernel for sm_80 and sm_90.")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    results = compile_all()
+    print(table(results))
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        from triton import __version__ as triton_version
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "triton": triton_version,
+                    "shared_limit": SHARED_LIMIT,
+                    "results": [dataclasses.asdict(r) for r in results],
+                },
+                indent=1,
+            )
+        )
+    if bad:
+        print(f"{len(bad)} configuration(s) spill or exceed shared memory", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The Triton attention kernels in Triton's CPU interpreter (``backend="interpret"``), and the XLA path.
+
+Correctness rules (spec attention-kernels.md): float32 within 1e-5 of a float64 reference for the
+output and dQ/dK/dV; float16 / bfloat16 by the FlashAttention rule (the kernel's error against
+float64 at most 2x, for gradients 3x, the error of plain JAX in the same dtype, plus the dtype's
+rounding floor); awkward shapes; masked keys without influence; fully masked rows zero, never NaN.
+Inputs are normal with std 1; the kernel's output buffers are NaN-poisoned before each launch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from kernels import flash_attention, xla_attention
+from tests.attention_reference import assert_close, attention64
+
+pytestmark = pytest.mark.torch  # the interpreter takes torch tensors
+interp = functools.partial(flash_attention, backend="interpret")
+FP32_TOL = 1e-5
+
+
+def _qkv(b, sq, sk, h, d, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(b, sq, h, d))
+    k = rng.normal(size=(b, sk, h, d))
+    v = rng.normal(size=(b, sk, h, d))
+    do = rng.normal(size=(b, sq, h, d))
+    return [jnp.asarray(x, dtype) for x in (q, k, v, do)]
+
+
+def _run(fn, q, k, v, do, **kw):
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **kw), q, k, v)
+    return (out, *vjp(do))
+
+
+# (B, Sq, Sk, H, D, causal, lengths): primes, one past a power of two, Sq != Sk both ways,
+# non-power-of-two D, lengths 0 / 1 / full
+SHAPES = [
+    (1, 1, 1, 3, 16, False, None),
+    (2, 7, 97, 2, 59, True, None),
+    (2, 97, 7, 2, 64, True, (7, 1)),
+    (1, 128, 128, 3, 64, False, None),
+    (3, 97, 128, 1, 128, False, (0, 128, 57)),
+    (1, 257, 257, 1, 16, True, (200,)),
+    (2, 33, 17, 2, 24, False, (1, 17)),
+]
+
+
+@pytest.mark.parametrize(("b", "sq", "sk", "h", "d", "causal", "lens"), SHAPES)
+def test_float32_matches_float64(b, sq, sk, h, d, causal, lens) -> None:
+    q, k, v, do = _qkv(b, sq, sk, h, d)
+    lengths = None if lens is None else jnp.asarray(lens, jnp.int32)
+    want = attention64(q, k, v, lens, causal, do=do)
+    got = _run(interp, q, k, v, do, kv_lengths=lengths, is_causal=causal)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert_close(f"{name} {(b, sq, sk, h, d, causal, lens)}", g, w, FP32_TOL)
+
+
+def test_xla_backend_matches_float64() -> None:
+    q, k, v, do = _qkv(2, 37, 53, 3, 24)
+    lens = (53, 9)
+    want = attention64(q, k, v, lens, True, do=do)
+    with jax.default_matmul_precision("highest"):
+        got = _run(flash_attention, q, k, v, do, kv_lengths=jnp.asarray(lens), is_causal=True, backend="xla")
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        assert_close(name, g, w, FP32_TOL)
+
+
+def _low_precision_attention(q, k, v, causal):
+    """Plain JAX attention computed in the inputs' own low dtype (the rule's baseline)."""
+    sq, sk, d = q.shape[1], k.shape[1], q.shape[-1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=q.dtype) * jnp.asarray(d**-0.5, q.dtype)
+    if causal:
+        s = jnp.where(jnp.arange(sk)[None, :] <= jnp.arange(sq)[:, None] + (sk - sq), s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v, preferred_element_type=q.dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize(("causal", "backend"), [(False, "interpret"), (True, "interpret"), (True, "xla")])
+def test_low_precision_flashattention_rule(dtype, causal: bool, backend: str) -> None:
+    q, k, v, do = _qkv(2, 97, 130, 2, 64, dtype=dtype, seed=3)
+    want = attention64(q, k, v, None, causal, do=do)
+    base = _run(lambda q, k, v: _low_precision_attention(q, k, v, causal), q, k, v, do)
+    got = _run(flash_attention, q, k, v, do, is_causal=causal, backend=backend)
+    eps = float(jnp.finfo(dtype).eps)
+    for i, name in enumerate(("out", "dq", "dk", "dv")):
+        ref = np.asarray(want[i], np.float64)
+        base_err = np.max(np.abs(np.asarray(base[i], np.float64) - ref))
+        err = np.max(np.abs(np.asarray(got[i], np.float64) - ref))
+        floor = eps * np.max(np.abs(ref))
+        bound = (2 if name == "out" else 3) * base_err + floor
+        assert got[i].dtype == dtype
+        assert err <= bound, (
+            f"{name} {jnp.dtype(dtype).name}: kernel error {err:.3e} > {bound:.3e} (plain JAX {base_err:.3e})"
+        )
+
+
+def test_masked_keys_have_no_influence() -> None:
+    q, k, v, do = _qkv(2, 20, 40, 2, 32, seed=5)
+    lens = jnp.asarray([13, 40], jnp.int32)
+    out1, dq1, _, _ = _run(interp, q, k, v, do, kv_lengths=lens)
+    noise = jnp.asarray(np.random.default_rng(6).normal(size=k.shape) * 100, jnp.float32)
+    hidden = jnp.arange(40)[None, :, None, None] >= lens[:, None, None, None]
+    k2, v2 = jnp.where(hidden, k + noise, k), jnp.where(hidden, v - noise, v)
+    out2, dq2, dk2, dv2 = _run(interp, q, k2, v2, do, kv_lengths=lens)
+    np.testing.assert_array_equal(out1, out2)
+    np.testing.assert_array_equal(dq1, dq2)
+    assert not np.any(np.asarray(dk2)[0, 13:]) and not np.any(np.asarray(dv2)[0, 13:])
+
+
+def test_fully_masked_rows_are_zero_not_nan() -> None:
+    q, k, v, do = _qkv(2, 9, 5, 2, 16, seed=7)
+    # batch 0: no key at all; causal with Sq > Sk: the first Sq - Sk rows of batch 1 see nothing
+    out, dq, dk, dv = _run(interp, q, k, v, do, kv_lengths=jnp.asarray([0, 5]), is_causal=True)
+    for x in (out, dq, dk, dv):
+        assert not np.isnan(np.asarray(x)).any()
+    assert not np.any(np.asarray(out)[0]) and not np.any(np.asarray(dq)[0]) and not np.any(np.asarray(dk)[0])
+    assert not np.any(np.asarray(out)[1, :4]) and not np.any(np.asarray(dq)[1, :4])
+    assert np.all(np.abs(np.asarray(out)[1, 4:]) > 0)
+
+
+def test_grad_of_scalar_loss_under_jit_and_vmap() -> None:
+    q, k, v, _ = _qkv(3, 11, 19, 2, 32, seed=8)
+
+    def loss(q, k, v, backend):
+        return jnp.sum(jnp.tanh(flash_attention(q, k, v, is_causal=True, backend=backend)))
+
+    with jax.default_matmul_precision("highest"):
+        g_ref = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, "xla")
+    g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, "interpret")
+    for a, b in zip(g, g_ref, strict=True):
+        assert_close("jit(grad)", a, b, FP32_TOL)
+    # vmap over a leading axis: the same as a Python loop, forward and backward
+    per_batch = jax.vmap(lambda q, k, v: interp(q[None], k[None], v[None])[0])(q, k, v)
+    assert_close("vmap", per_batch, interp(q, k, v), FP32_TOL)
+    gv = jax.vmap(jax.grad(lambda q, k, v: jnp.sum(interp(q[None], k[None], v[None]) ** 2)))(q, k, v)
+    gl = jax.grad(lambda q: jnp.sum(interp(q, k, v) ** 2))(q)
+    assert_close("vmap(grad)", gv, gl, FP32_TOL)
+
+
+def test_extra_batch_axes_and_kv_lengths_shape() -> None:
+    q, k, v, _ = _qkv(6, 5, 8, 2, 16, seed=9)
+    lens = jnp.asarray([8, 3, 0, 1, 8, 5], jnp.int32)
+    flat = interp(q, k, v, kv_lengths=lens)
+    nested = interp(
+        q.reshape(2, 3, 5, 2, 16), k.reshape(2, 3, 8, 2, 16), v.reshape(2, 3, 8, 2, 16), kv_lengths=lens.reshape(2, 3)
+    )
+    assert_close("nested batch", nested.reshape(flat.shape), flat, 0.0)
+
+
+@pytest.mark.parametrize(("name", "t"), [("lfan", 12), ("mt", 12), ("jmt", 12)])
+@pytest.mark.parametrize("faithful", [False, True])
+def test_models_with_the_kernel_match_xla(name: str, t: int, faithful: bool) -> None:
+    """Every attention user in the repo: the same outputs with ``attention_fn=flash_attention``."""
+    from jax_cer.models import build_model
+
+    if name == "lfan" and faithful:
+        pytest.skip("LFAN has no faithful flag")
+    cfg = {"window_length": t} if name == "lfan" else {"faithful": faithful}
+    rng = np.random.default_rng(10)
+    x = {
+        m: jnp.asarray(rng.normal(size=(2, t, d)).astype(np.float32))
+        for m, d in (("video", 512), ("vggish", 128), ("bert", 768))
+    }
+    xla_model = build_model(name, rngs=nnx.Rngs(1), **cfg)
+    kernel_model = build_model(name, rngs=nnx.Rngs(1), attention_fn=interp, **cfg)
+    with jax.default_matmul_precision("highest"):
+        want = xla_model(x)
+    assert_close(f"{name} logits", kernel_model(x), want, FP32_TOL)
+
+
+def test_drop_in_for_flax_multihead_attention() -> None:
+    kw = {"num_heads": 2, "in_features": 32, "decode": False}
+    plain = nnx.MultiHeadAttention(**kw, rngs=nnx.Rngs(0))
+    fused = nnx.MultiHeadAttention(**kw, rngs=nnx.Rngs(0), attention_fn=interp)
+    x = jnp.asarray(np.random.default_rng(11).normal(size=(2, 9, 32)).astype(np.float32))
+    with jax.default_matmul_precision("highest"):
+        want = plain(x)
+    assert_close("nnx.MultiHeadAttention", fused(x), want, FP32_TOL)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"q": (1, 4, 2, 300), "k": (1, 5, 2, 300)}, ValueError, "head dim 300 is not supported"),
+        ({"dtype": jnp.int32}, TypeError, "int32 is not supported"),
+        ({"k": (1, 5, 3, 16)}, ValueError, "must share batch axes, heads and head dim"),
+        ({"q": (4, 2, 16)}, ValueError, r"q must be \[B, S, H, D\]"),
+        ({"kv_lengths": jnp.asarray([1, 2])}, ValueError, "kv_lengths must have the batch shape"),
+        ({"kv_lengths": jnp.asarray([1.5])}, TypeError, "kv_lengths must be integers"),
+        ({"mask": jnp.ones((1, 1, 4, 5), bool)}, NotImplementedError, "no general bias or mask"),
+        ({"dropout_rate": 0.1, "deterministic": False}, NotImplementedError, "no attention dropout"),
+        ({"backend": "cuda"}, ValueError, "backend must be one of"),
+        ({"backend": "triton"}, RuntimeError, "needs a GPU"),
+    ],
+)
+def test_clear_errors(kwargs: dict, error, match: str) -> None:
+    shapes = {"q": (1, 4, 2, 16), "k": (1, 5, 2, 16), "v": (1, 5, 2, 16)}
+    dtype = kwargs.pop("dtype", jnp.float32)
+    shapes.update({n: kwargs.pop(n) for n in ("q", "k") if n in kwargs})
+    shapes["v"] = shapes["k"]
+    arrays = {n: jnp.ones(s, dtype) for n, s in shapes.items()}
+    kwargs.setdefault("backend", "interpret")
+    with pytest.raises(error, match=match):
+        flash_attention(arrays["q"], arrays["k"], arrays["v"], **kwargs)
+
+
+def test_xla_backend_serves_masks_and_bias() -> None:
+    q, k, v, _ = _qkv(1, 6, 6, 2, 16, seed=12)
+    mask = jnp.asarray(np.random.default_rng(13).uniform(size=(1, 2, 6, 6)) > 0.4)
+    with jax.default_matmul_precision("highest"):
+        got = flash_attention(q, k, v, mask=mask, backend="xla")
+        want = nnx.dot_product_attention(q, k, v, mask=mask)
+    rows_seen = np.asarray(mask).any(-1)  # Flax returns the mean of v for rows that see nothing
+    np.testing.assert_allclose(
+        np.asarray(got).transpose(0, 2, 1, 3)[rows_seen], np.asarray(want).transpose(0, 2, 1, 3)[rows_seen], atol=1e-5
+    )
+    assert xla_attention is not None

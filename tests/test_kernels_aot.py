@@ -1,0 +1,47 @@
+"""Ahead-of-time compile check of every shipped kernel configuration, for sm_80 and sm_90, on a
+machine without a GPU: it compiles, does not spill registers and fits the chip's shared memory.
+The registers and shared memory of each configuration are printed (and recorded in
+BENCHMARKS.md from ``repro/results/aot/``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("triton")
+
+
+def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -> None:
+    out = tmp_path / "aot.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernels.aot", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    with capsys.disabled():
+        print("\n" + proc.stdout)
+    assert out.is_file(), f"kernels.aot failed:\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    from kernels.configs import shipped
+
+    assert len(data["results"]) == 2 * len(shipped())
+    assert {r["cc"] for r in data["results"]} == {80, 90}
+    bad = [
+        f"{r['kernel']} {r['dtype']} D{r['block_d']} sm_{r['cc']}: {r['spill_stores'] + r['spill_loads']} B spilled, "
+        f"{r['shared_bytes']} B shared (limit {data['shared_limit'][str(r['cc'])]})"
+        for r in data["results"]
+        if r["spill_stores"] or r["spill_loads"] or r["shared_bytes"] > data["shared_limit"][str(r["cc"])]
+    ]
+    assert not bad, "\n".join(bad)
+    assert all(0 < r["registers"] <= 255 for r in data["results"])
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -48,16 +48,20 @@ def load_results(results_dir: Path) -> dict[str, dict[str, list[tuple[Path, dict
     return dict(out)
 
 
-def _is_attention(b: dict) -> bool:
-    return b.get("extra_info", {}).get("component") == "attention"
-
-
-def latest(files: list[tuple[Path, dict]], attention: bool) -> dict | None:
-    """The newest bench file holding attention (or model) cases: a run with ``-k`` holds only some."""
+def newest_groups(files: list[tuple[Path, dict]], key) -> dict[tuple, dict[str, dict]]:
+    """``{group: {impl: benchmark}}`` where a group (``key(extra_info)``, None to skip) is taken
+    whole from the newest file that measured it: a run with ``-k`` measures only some groups,
+    and the implementations compared in a row always come from one run."""
+    groups: dict[tuple, dict[str, dict]] = {}
     for _, data in reversed(files):
-        if any(_is_attention(b) == attention for b in data["benchmarks"]):
-            return data
-    return None
+        found: dict[tuple, dict[str, dict]] = defaultdict(dict)
+        for b in data["benchmarks"]:
+            info = b.get("extra_info", {})
+            g = key(info) if "impl" in info else None
+            if g is not None and g not in groups:
+                found[g][info["impl"]] = b
+        groups.update(found)
+    return groups
 
 
 def _machine_line(name: str, record: dict) -> str:
@@ -71,21 +75,22 @@ def _machine_line(name: str, record: dict) -> str:
     )
 
 
+def _model_group(info: dict) -> tuple | None:
+    if info.get("component", "attention") == "attention":
+        return None
+    return (info["component"], info["variant"])
+
+
 def model_table(machines: dict) -> list[str]:
     rows: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     names = []
     for machine, files in machines.items():
-        data = latest(files["bench"], attention=False)
-        if data is None:
-            continue
-        names.append(machine)
-        for b in data["benchmarks"]:
-            info = b.get("extra_info", {})
-            if "component" not in info or "impl" not in info or _is_attention(b):
-                continue
-            med, p20, p80 = _percentiles(b)
-            key = (info["component"], info["variant"])
-            rows[key].setdefault(machine, {})[info["impl"]] = (med, p20, p80, info)
+        groups = newest_groups(files["bench"], _model_group)
+        if groups:
+            names.append(machine)
+        for key, impls in groups.items():
+            for impl, b in impls.items():
+                rows[key].setdefault(machine, {})[impl] = (*_percentiles(b), b["extra_info"])
     if not rows:
         return ["No model benchmark results yet: run `jax-cer bench`.", ""]
     lines = []
@@ -112,26 +117,26 @@ def model_table(machines: dict) -> list[str]:
     return lines
 
 
-def _attention_points(data: dict) -> dict[tuple, dict[str, float]]:
-    """``{(pass, D, dtype, causal, S): {impl: TFLOP/s}}`` from one bench file."""
-    points: dict[tuple, dict[str, float]] = defaultdict(dict)
-    for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        if not _is_attention(b):
-            continue
-        med, _, _ = _percentiles(b)
-        key = (info["variant"], info["head_dim"], info["dtype"], info["causal"], info["seq"])
-        points[key][info["impl"]] = info["flops"] / (med / 1e3) / 1e12
-    return points
+def _attention_points(files: list[tuple[Path, dict]]) -> dict[tuple, dict[str, float]]:
+    """``{(pass, D, dtype, causal, S): {impl: TFLOP/s}}``, each row from its newest run."""
+    groups = newest_groups(
+        files,
+        lambda i: (
+            (i["variant"], i["head_dim"], i["dtype"], i["causal"], i["seq"])
+            if i.get("component") == "attention"
+            else None
+        ),
+    )
+    return {
+        key: {impl: b["extra_info"]["flops"] / (_percentiles(b)[0] / 1e3) / 1e12 for impl, b in impls.items()}
+        for key, impls in groups.items()
+    }
 
 
 def attention_section(machines: dict, plot_dir: Path, md_dir: Path) -> list[str]:
     lines = []
     for machine, files in sorted(machines.items()):
-        data = latest(files["bench"], attention=True)
-        if data is None:
-            continue
-        points = _attention_points(data)
+        points = _attention_points(files["bench"])
         if not points:
             continue
         impls = sorted({i for v in points.values() for i in v}, key=["flash_attention", "cudnn", "xla"].index)

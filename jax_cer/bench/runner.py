@@ -42,6 +42,8 @@ def main(args: argparse.Namespace) -> int:
             "--benchmark-columns=min,median,max,rounds",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",  # pytest-benchmark does not time under xdist
             "-q",
         ]
         if args.k:

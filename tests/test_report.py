@@ -1,0 +1,56 @@
+"""BENCHMARKS.md generation from result files (jax_cer.bench.report)."""
+
+from __future__ import annotations
+
+import json
+
+from jax_cer.bench import report
+
+
+def _bench(impl, component, variant, seconds, **info):
+    return {
+        "stats": {"data": [seconds] * 5, "median": seconds, "q1": seconds, "q3": seconds},
+        "extra_info": {"component": component, "variant": variant, "impl": impl, **info},
+    }
+
+
+def _write(path, benchmarks, commit):
+    record = {"device": "Test CPU (2 cores)", "platform": "cpu", "versions": {"jax": "0"}, "commit": commit}
+    path.write_text(json.dumps({"machine_info": {"jax_cer": record}, "benchmarks": benchmarks}))
+
+
+def test_rows_come_from_the_newest_run_that_measured_them(tmp_path) -> None:
+    folder = tmp_path / "results" / "cpu-test-2c"
+    folder.mkdir(parents=True)
+    shapes = {"shapes": {"x": [2, 300, 512]}, "frames": 600}
+    _write(
+        folder / "bench-20260101T000000Z.json",
+        [
+            _bench("jax", "tcn", "forward", 0.010, **shapes),
+            _bench("torch", "tcn", "forward", 0.020, **shapes),
+            _bench("jax", "can", "forward", 0.030, **shapes),
+            _bench("torch", "can", "forward", 0.030, **shapes),
+        ],
+        "old",
+    )
+    att = {"head_dim": 64, "dtype": "bfloat16", "causal": False, "seq": 512, "flops": 1e12, "shapes": {}}
+    _write(  # a later partial run (-k): only tcn, and one attention point
+        folder / "bench-20260102T000000Z.json",
+        [
+            _bench("jax", "tcn", "forward", 0.005, **shapes),
+            _bench("torch", "tcn", "forward", 0.020, **shapes),
+            _bench("flash_attention", "attention", "fwd", 0.5, **att),
+            _bench("xla", "attention", "fwd", 1.0, **att),
+        ],
+        "new",
+    )
+    notes = tmp_path / "notes.md"
+    notes.write_text("Hand-written analysis.")
+    text = report.render(tmp_path / "results", notes, tmp_path)
+    assert "| tcn | forward | x 2x300x512 | 5.0 (5.0-5.0) | 20.0 (20.0-20.0) | **4.00x** |" in text
+    assert "| can | forward | x 2x300x512 | 30.0 (30.0-30.0) | 30.0 (30.0-30.0) | **1.00x** |" in text
+    assert "| fwd | 64 | bfloat16 | no | 512 | 2 | 1 | 2.00x |" in text
+    assert "Hand-written analysis." in text and "commit new" in text
+    svg = tmp_path / "results" / "plots" / "cpu-test-2c-attention-D64-bf16.svg"
+    assert svg.is_file() and "<polyline" in svg.read_text()
+    assert "](results/plots/cpu-test-2c-attention-D64-bf16.svg)" in text

@@ -10,6 +10,7 @@ Inputs are normal with std 1; the kernel's output buffers are NaN-poisoned befor
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,10 @@ from flax import nnx
 from kernels import flash_attention, xla_attention
 from tests.attention_reference import assert_close, attention64
 
-pytestmark = pytest.mark.torch  # the interpreter takes torch tensors
-interp = functools.partial(flash_attention, backend="interpret")
+# JAX_CER_KERNEL_BACKEND=triton runs the same checks on a GPU (the interpreter needs torch tensors)
+KERNEL_BACKEND = os.environ.get("JAX_CER_KERNEL_BACKEND", "interpret")
+pytestmark = pytest.mark.torch if KERNEL_BACKEND == "interpret" else []
+interp = functools.partial(flash_attention, backend=KERNEL_BACKEND)
 FP32_TOL = 1e-5
 
 
@@ -83,7 +86,7 @@ def _low_precision_attention(q, k, v, causal):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
-@pytest.mark.parametrize(("causal", "backend"), [(False, "interpret"), (True, "interpret"), (True, "xla")])
+@pytest.mark.parametrize(("causal", "backend"), [(False, KERNEL_BACKEND), (True, KERNEL_BACKEND), (True, "xla")])
 def test_low_precision_flashattention_rule(dtype, causal: bool, backend: str) -> None:
     q, k, v, do = _qkv(2, 97, 130, 2, 64, dtype=dtype, seed=3)
     want = attention64(q, k, v, None, causal, do=do)
@@ -134,7 +137,7 @@ def test_grad_of_scalar_loss_under_jit_and_vmap() -> None:
 
     with jax.default_matmul_precision("highest"):
         g_ref = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, "xla")
-    g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, "interpret")
+    g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, KERNEL_BACKEND)
     for a, b in zip(g, g_ref, strict=True):
         assert_close("jit(grad)", a, b, FP32_TOL)
     # vmap over a leading axis: the same as a Python loop, forward and backward
@@ -155,14 +158,14 @@ def test_extra_batch_axes_and_kv_lengths_shape() -> None:
     assert_close("nested batch", nested.reshape(flat.shape), flat, 0.0)
 
 
-@pytest.mark.parametrize(("name", "t"), [("lfan", 6), ("mt", 12), ("jmt", 12)])
-@pytest.mark.parametrize("faithful", [False, True])
+@pytest.mark.parametrize(
+    ("name", "t", "faithful"),
+    [("lfan", 6, False), ("mt", 12, False), ("mt", 12, True), ("jmt", 12, False), ("jmt", 12, True)],
+)
 def test_models_with_the_kernel_match_xla(name: str, t: int, faithful: bool) -> None:
     """Every attention user in the repo: the same outputs with ``attention_fn=flash_attention``."""
     from jax_cer.models import build_model
 
-    if name == "lfan" and faithful:
-        pytest.skip("LFAN has no faithful flag")
     cfg = {"window_length": t} if name == "lfan" else {"faithful": faithful}
     rng = np.random.default_rng(10)
     x = {
@@ -207,7 +210,9 @@ def test_clear_errors(kwargs: dict, error, match: str) -> None:
     shapes.update({n: kwargs.pop(n) for n in ("q", "k") if n in kwargs})
     shapes["v"] = shapes["k"]
     arrays = {n: jnp.ones(s, dtype) for n, s in shapes.items()}
-    kwargs.setdefault("backend", "interpret")
+    if kwargs.get("backend") == "triton" and jax.default_backend() == "gpu":
+        pytest.skip("this machine has a GPU: backend='triton' is available")
+    kwargs.setdefault("backend", KERNEL_BACKEND)
     with pytest.raises(error, match=match):
         flash_attention(arrays["q"], arrays["k"], arrays["v"], **kwargs)
 

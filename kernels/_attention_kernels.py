@@ -31,6 +31,41 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _kv_length(LENS, b, SK, HAS_LENS: tl.constexpr):
+    """Keys of batch ``b`` that exist: ``min(LENS[b], SK)``."""
+    kv_len = SK
+    if HAS_LENS:
+        kv_len = tl.minimum(tl.load(LENS + b), SK)
+    return kv_len
+
+
+@triton.jit
+def _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One past the last key that query block ``pid_m`` can see."""
+    hi = kv_len
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + SK - SQ)
+    return hi
+
+
+@triton.jit
+def _load_keys_t(base, cols, stride_s, offs_d, stride_d, key_ok, d_ok):
+    """A transposed ``[BLOCK_D, BLOCK_N]`` tile of keys (or values) at positions ``cols``, zero-padded."""
+    return tl.load(
+        base + cols[None, :] * stride_s + offs_d[:, None] * stride_d, mask=key_ok[None, :] & d_ok[:, None], other=0.0
+    )
+
+
+@triton.jit
+def _visible(rows, cols, key_ok, SQ, SK, IS_CAUSAL: tl.constexpr):
+    """``[rows, cols]``: the key exists and, if causal, ``col <= row + SK - SQ``."""
+    valid = key_ok[None, :]
+    if IS_CAUSAL:
+        valid = valid & (cols[None, :] <= rows[:, None] + (SK - SQ))
+    return valid
+
+
+@triton.jit
 def _attn_fwd_kernel(
     Q, K, V, LENS,
     stride_qb, stride_qs, stride_qh, stride_qd,
@@ -53,12 +88,8 @@ def _attn_fwd_kernel(
 
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
-    kv_len = SK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(LENS + b), SK)
-    hi = kv_len
-    if IS_CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + SK - SQ)
+    kv_len = _kv_length(LENS, b, SK, HAS_LENS)
+    hi = _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL, BLOCK_M)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -68,16 +99,9 @@ def _attn_fwd_kernel(
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         key_ok = cols < kv_len
-        kt = tl.load(
-            k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-            mask=key_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
+        kt = _load_keys_t(k_base, cols, stride_ks, offs_d, stride_kd, key_ok, d_ok)
         qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
-        valid = key_ok[None, :]
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= offs_m[:, None] + (SK - SQ))
-        qk = tl.where(valid, qk, float("-inf"))
+        qk = tl.where(_visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL), qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
         p = tl.exp2(qk - m_safe[:, None])
@@ -146,10 +170,7 @@ def _attn_bwd_dkdv_kernel(
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    kv_len = SK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(LENS + b), SK)
-    key_ok = offs_n < kv_len
+    key_ok = offs_n < _kv_length(LENS, b, SK, HAS_LENS)
     k_off = b * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd
     v_off = b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
     k = tl.load(K + k_off, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
@@ -212,12 +233,8 @@ def _attn_bwd_dq_kernel(
     do = tl.load(DO + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
-    kv_len = SK
-    if HAS_LENS:
-        kv_len = tl.minimum(tl.load(LENS + b), SK)
-    hi = kv_len
-    if IS_CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + SK - SQ)
+    kv_len = _kv_length(LENS, b, SK, HAS_LENS)
+    hi = _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL, BLOCK_M)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
@@ -225,20 +242,10 @@ def _attn_bwd_dq_kernel(
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n0
         key_ok = cols < kv_len
-        kt = tl.load(
-            k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-            mask=key_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
-        vt = tl.load(
-            v_base + cols[None, :] * stride_vs + offs_d[:, None] * stride_vd,
-            mask=key_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
+        kt = _load_keys_t(k_base, cols, stride_ks, offs_d, stride_kd, key_ok, d_ok)
+        vt = _load_keys_t(v_base, cols, stride_vs, offs_d, stride_vd, key_ok, d_ok)
         qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
-        valid = key_ok[None, :] & row_ok[:, None]
-        if IS_CAUSAL:
-            valid = valid & (cols[None, :] <= offs_m[:, None] + (SK - SQ))
+        valid = _visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL) & row_ok[:, None]
         p = tl.where(valid, tl.exp2(qk - lse[:, None]), 0.0)
         dp = _dot(do, vt, IEEE, UPCAST)
         ds = p * (dp - delta[:, None])

@@ -1,7 +1,8 @@
 """The ``jax-cer`` command line.
 
-``jax-cer repro``  checks every model against the golden reference files and prints, per
-                   component, its max error, the tolerance, pass/fail and time (exit 1 on failure).
+``jax-cer repro``  checks every model and the SO optimizer against the golden reference files and
+                   prints, per component, its max error, the tolerance, pass/fail and time (exit 1
+                   on failure).
 ``jax-cer bench``  times the models (JAX against the PyTorch reference) into a results JSON and
                    regenerates BENCHMARKS.md.
 """
@@ -46,8 +47,15 @@ def cmd_repro(args: argparse.Namespace) -> int:
     golden_dir = Path(args.golden_dir) if args.golden_dir else golden.default_golden_dir()
     manifest = golden.load_manifest(golden_dir)
     only = [c for item in (args.only or []) for c in item.split(",") if c]
+    run_so = not only or "so" in only
+    model_cases = [c for c in only if c != "so"]
+    unknown = [c for c in model_cases if c not in manifest["cases"]]
+    if unknown:
+        print(f"unknown golden case(s) {unknown}; cases are {[*manifest['cases'], 'so']}", file=sys.stderr)
+        return 2
     dev = jax.devices()[0]
-    print(f"jax-cer repro: {len(only) or len(manifest['cases'])} golden cases from {golden_dir}")
+    n_cases = (len(model_cases) if only else len(manifest["cases"])) + run_so
+    print(f"jax-cer repro: {n_cases} golden cases from {golden_dir}")
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, matmul precision: highest (fp32)")
     print(
         f"reference: {manifest.get('producer', {}).get('torch', '?')} torch, made by `{manifest.get('command', '?')}`"
@@ -58,7 +66,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
     def progress(name):
         print(f"  running {name} ...", file=sys.stderr, flush=True)
 
-    results = golden.run_all(only, golden_dir, layers=not args.no_layers, progress=progress)
+    results = []
+    if model_cases or not only:
+        results += golden.run_all(model_cases, golden_dir, layers=not args.no_layers, progress=progress)
+    if run_so:
+        from jax_cer.parity import so_trajectory
+
+        progress("so (optimizer trajectory)")
+        results += so_trajectory.check(golden_dir / "so")
     print()
     _print_table(results, args.verbose)
     failed = [r for r in results if not r.passed]
@@ -102,19 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "repro",
-        help="check every model against the golden reference files (parity table; exit 1 on failure)",
+        help="check the models and the SO optimizer against the golden reference files (exit 1 on failure)",
         description=(
             "Runs every golden check: per-layer forward (<= 1e-5), end-to-end forward (<= 1e-4), gradients "
             "of a per-frame cross-entropy w.r.t. inputs and weights (<= 1e-4 relative) and training-mode "
             "BatchNorm statistics, in fp32 with full-precision matmuls, on the default JAX device (GPU if "
-            "present). Golden files come from the PyTorch reference: repro/make_golden.py."
+            "present); and the SO optimizer's 32-step trajectory (supports exact, parameters and moments "
+            "<= 1e-6). Golden files come from the PyTorch reference: repro/make_golden.py and "
+            "repro/make_so_golden.py."
         ),
     )
     r.add_argument(
         "--only",
         action="append",
         metavar="CASES",
-        help="comma-separated case names (e.g. can,jmt_faithful); repeatable",
+        help="comma-separated case names (e.g. can,jmt_faithful; 'so' is the optimizer trajectory); repeatable",
     )
     r.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     r.add_argument("--golden-dir", metavar="DIR", help="golden folder (default: repro/golden, or $JAX_CER_GOLDEN)")

@@ -35,9 +35,18 @@ def test_repro_only_and_json(tmp_path, capsys) -> None:
     assert all(r["max_error"] <= r["tolerance"] for r in data["results"])
 
 
-def test_repro_unknown_case() -> None:
-    with pytest.raises(KeyError, match="unknown golden case"):
-        main(["repro", "--only", "nope"])
+def test_repro_unknown_case(capsys) -> None:
+    assert main(["repro", "--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown golden case(s) ['nope']" in err and "'so'" in err
+
+
+def test_repro_so_trajectory(capsys) -> None:
+    assert main(["repro", "--only", "so"]) == 0
+    table = capsys.readouterr().out
+    for check in ("supports", "params", "moment m", "moment v"):
+        assert f"so             {check}" in table
+    assert "4/4 checks passed" in table
 
 
 def test_repro_exits_nonzero_on_failure(tmp_path, capsys) -> None:

@@ -42,7 +42,7 @@ def test_golden_case(case: str) -> None:
 def test_golden_files_small_and_complete() -> None:
     """All golden files together stay under 20 MB; every case has a manifest entry."""
     folder = golden.default_golden_dir()
-    total = sum(p.stat().st_size for p in folder.iterdir())
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert total < 20e6, f"golden files take {total / 1e6:.1f} MB"
     files = {p.name for p in folder.glob("*.npz")}
     assert files == {c["file"] for c in MANIFEST["cases"].values()}

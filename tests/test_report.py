@@ -54,3 +54,24 @@ def test_rows_come_from_the_newest_run_that_measured_them(tmp_path) -> None:
     svg = tmp_path / "results" / "plots" / "cpu-test-2c-attention-D64-bf16.svg"
     assert svg.is_file() and "<polyline" in svg.read_text()
     assert "](results/plots/cpu-test-2c-attention-D64-bf16.svg)" in text
+
+
+def test_optimizer_rows_give_time_and_state_ratios(tmp_path) -> None:
+    folder = tmp_path / "results" / "cpu-test-2c"
+    folder.mkdir(parents=True)
+    common = {"density": 5e-5, "scheduler": "default"}
+    _write(
+        folder / "bench-20260101T000000Z.json",
+        [
+            _bench("so", "optimizer", "density 5e-05", 0.012, state_bytes=3_000, **common),
+            _bench("adam", "optimizer", "density 5e-05", 0.010, state_bytes=40_000_000, **common),
+            _bench("masks", "optimizer-part", "density 5e-05", 0.002, **common),
+        ],
+        "c",
+    )
+    text = report.render(tmp_path / "results", None, tmp_path)
+    # 12 ms / 10 ms; 3000 B / (5e-5 * 40 MB) = 1.5
+    row = "| 5e-05 | default | 12.0 (12.0-12.0) | 10.0 (10.0-10.0) | **1.20x** | 3,000 B | 40.0 MB | **1.500** |"
+    assert row in text
+    assert "| 5e-05 | default | 2.0 | - | - |" in text
+    assert "| optimizer |" not in text  # not a model row

@@ -76,7 +76,7 @@ def _machine_line(name: str, record: dict) -> str:
 
 
 def _model_group(info: dict) -> tuple | None:
-    if info.get("component", "attention") == "attention":
+    if info.get("component", "attention") in ("attention", "optimizer", "optimizer-part"):
         return None
     return (info["component"], info["variant"])
 
@@ -178,6 +178,58 @@ def attention_section(machines: dict, plot_dir: Path, md_dir: Path) -> list[str]
     return lines or ["No attention benchmark results yet: run `jax-cer bench`.", ""]
 
 
+def _ms(b: dict) -> str:
+    med, p20, p80 = _percentiles(b)
+    return f"{med:.1f} ({p20:.1f}-{p80:.1f})"
+
+
+def optimizer_section(machines: dict) -> list[str]:
+    """SO against Adam: step time and state bytes per density and XLA scheduler; step parts."""
+    lines = []
+    for machine, files in sorted(machines.items()):
+        steps = newest_groups(
+            files["bench"],
+            lambda i: (i["density"], i.get("scheduler", "default")) if i.get("component") == "optimizer" else None,
+        )
+        parts = newest_groups(
+            files["bench"],
+            lambda i: (i["density"], i.get("scheduler", "default")) if i.get("component") == "optimizer-part" else None,
+        )
+        if not steps and not parts:
+            continue
+        lines += [f"### {machine}", ""]
+        if steps:
+            lines += [
+                "| density | XLA scheduler | `so` ms (p20-p80) | `optax.adam` ms (p20-p80) | so / adam time "
+                "| `so` state | Adam state | so / (density x Adam) |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for (density, sched), impls in sorted(steps.items()):
+                if "so" not in impls or "adam" not in impls:
+                    continue
+                so_b, adam_b = impls["so"], impls["adam"]
+                ratio = _percentiles(so_b)[0] / _percentiles(adam_b)[0]
+                sb, ab = so_b["extra_info"]["state_bytes"], adam_b["extra_info"]["state_bytes"]
+                lines.append(
+                    f"| {density:g} | {sched} | {_ms(so_b)} | {_ms(adam_b)} | **{ratio:.2f}x** | "
+                    f"{sb:,} B | {ab / 1e6:,.1f} MB | **{sb / (density * ab):.3f}** |"
+                )
+            lines.append("")
+        if parts:
+            names = ["masks", "moments_and_pruning", "dense_update_and_apply"]
+            lines += [
+                "Parts of one `so` step, each jitted alone (ms, median):",
+                "",
+                "| density | XLA scheduler | " + " | ".join(names) + " |",
+                "|---|---|" + "---|" * len(names),
+            ]
+            for (density, sched), impls in sorted(parts.items()):
+                cells = " | ".join(f"{_percentiles(impls[n])[0]:.1f}" if n in impls else "-" for n in names)
+                lines.append(f"| {density:g} | {sched} | {cells} |")
+            lines.append("")
+    return lines or ["No optimizer benchmark results yet: run `jax-cer bench -k so`.", ""]
+
+
 def aot_section(aot_file: Path) -> list[str]:
     if not aot_file.is_file():
         return [f"No ahead-of-time compile results yet: run `python -m kernels.aot --json {aot_file}`.", ""]
@@ -245,6 +297,17 @@ def render(results_dir: Path, notes: Path | None = None, md_dir: Path | None = N
     out += attention_section(machines, results_dir / "plots", md_dir)
     out += ["### Kernel resources (ahead-of-time compilation)", ""]
     out += aot_section(results_dir / "aot" / "kernels-aot.json")
+    out += ["## SO sparse optimizer vs `optax.adam`", ""]
+    out += [
+        "The paper's trained CLIP ViT-B/16 matrices (in_proj, out_proj, c_fc, c_proj of the 12 blocks of both "
+        "encoders: 96 float32 matrices, 122.7M weights). One step = `tx.update` + `optax.apply_updates` in one "
+        "`jax.jit`, parameters and optimizer state donated, same run for both. State = bytes of every array in "
+        "the optimizer state. Goals (issue 4): state <= 1.5 x density x Adam's (plus a small constant), step "
+        "<= 1.2x Adam's. `so` keeps support (int32) + m + v per kept entry (12 bytes against Adam's 8 per "
+        "weight, so the ratio is 1.5 x (sum of k) / (density x n) plus the step counter and PRNG key).",
+        "",
+    ]
+    out += optimizer_section(machines)
     out += ["## Parity against the golden reference (`jax-cer repro`)", ""]
     out += [
         "Max error of each check against the PyTorch reference's golden files (per layer <= 1e-5, end to "

@@ -108,6 +108,14 @@ def load_manifest(golden_dir: Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def verify_arrays(path: Path, arrays: Mapping[str, np.ndarray], listed: Mapping[str, Any]) -> None:
+    """Raises GoldenFileError unless ``arrays`` are exactly the manifest's ``listed`` arrays (by sha256)."""
+    problems = [k for k in listed if k not in arrays] + [k for k in arrays if k not in listed]
+    problems += [k for k in listed if k in arrays and sha256(arrays[k]) != listed[k]["sha256"]]
+    if problems:
+        raise GoldenFileError(f"{path}: arrays differ from the manifest (edited or corrupted?): {problems[:10]}")
+
+
 def load_case(name: str, manifest: Mapping[str, Any], golden_dir: Path | None = None) -> GoldenCase:
     """Reads one case and verifies every array against the manifest's sha256."""
     golden_dir = Path(golden_dir or default_golden_dir())
@@ -119,11 +127,7 @@ def load_case(name: str, manifest: Mapping[str, Any], golden_dir: Path | None = 
         raise GoldenFileError(f"golden file {path} is missing (listed in the manifest)")
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
-    listed = meta["arrays"]
-    problems = [k for k in listed if k not in arrays] + [k for k in arrays if k not in listed]
-    problems += [k for k in listed if k in arrays and sha256(arrays[k]) != listed[k]["sha256"]]
-    if problems:
-        raise GoldenFileError(f"{path}: arrays differ from the manifest (edited or corrupted?): {problems[:10]}")
+    verify_arrays(path, arrays, meta["arrays"])
     if "base" in meta:  # shared inputs (and, for MT/JMT fixed, the intermediates up to the fusion)
         base = load_case(meta["base"], manifest, golden_dir).arrays
         inherit = ("input/", "inter/") if meta.get("inherit_intermediates") else ("input/",)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from jax_cer.cli import main
 from jax_cer.parity import golden

@@ -1,0 +1,131 @@
+"""The original input pipeline on per-clip arrays (spec ``fusion-models.md`` §1.3-§1.5).
+
+A clip is a mapping of per-frame arrays that share their first axis n: modalities (``video``
+``[n, H, W, 3]``, ``vggish`` ``[n, 128]``, ``bert`` ``[n, 768]``) and the per-frame ``label``
+``[n]``. Everything here is numpy and deterministic given a seed.
+
+- :func:`zscore_stats` / :func:`apply_zscore`: per-fold statistics of vggish and bert over every
+  frame of every train and val clip, each clip once and unpadded, with the original's formulas
+  ``mean = sum(x) / (N + 1e-10)`` and ``std = sqrt(sum((x - mean)^2) / (N - 1))``, applied in float32.
+- :func:`train_windows` and :class:`WindowBatches`: every window ``W(n, 300, 200)`` of every train
+  clip is one sample, shuffled per epoch by a seeded generator and batched.
+- :func:`window_sample`: one window of a clip, padded to the window length by repeating the last
+  frame and label (train and eval, as the original). ``valid`` marks the real frames, so the fixed
+  recipe can drop padding from the loss and the metrics.
+- :func:`eval_sample`: the whole clip (no windowing), padded to the window length when shorter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from jax_cer.windowing import pad_to_length, window_bounds
+
+ZSCORE_KEYS = ("vggish", "bert")
+
+
+def _frames(clip: Mapping[str, np.ndarray], name: str = "clip") -> int:
+    lengths = {k: int(np.shape(v)[0]) for k, v in clip.items() if np.ndim(v) >= 1}
+    if not lengths:
+        raise ValueError(f"{name} holds no per-frame arrays")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{name}: per-frame arrays differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"{name} has no frames")
+    return n
+
+
+def zscore_stats(clips: Iterable[Mapping[str, np.ndarray]], keys: Sequence[str] = ZSCORE_KEYS) -> dict[str, dict]:
+    """``{key: {"mean": [d], "std": [d]}}`` (float64) over every frame of ``clips`` (two passes)."""
+    clips = list(clips)
+    if not clips:
+        raise ValueError("zscore_stats needs at least one clip (the fold's train and val clips)")
+    out = {}
+    for key in keys:
+        for i, c in enumerate(clips):
+            if key not in c:
+                raise KeyError(f"clip {i} has no {key!r} array; it has {sorted(c)}")
+        total = sum(np.asarray(c[key], np.float64).sum(axis=0) for c in clips)
+        n = sum(int(np.shape(c[key])[0]) for c in clips)
+        if n < 2:
+            raise ValueError(f"zscore_stats: {key} has {n} frame(s); the std needs at least 2")
+        mean = total / (n + 1e-10)
+        sq = sum(((np.asarray(c[key], np.float64) - mean) ** 2).sum(axis=0) for c in clips)
+        out[key] = {"mean": mean, "std": np.sqrt(sq / (n - 1))}
+    return out
+
+
+def apply_zscore(clip: Mapping[str, np.ndarray], stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
+    """A copy of ``clip`` with each key of ``stats`` replaced by ``(x - mean) / std`` in float32."""
+    out = dict(clip)
+    for key, s in stats.items():
+        if key in clip:
+            x = np.asarray(clip[key], np.float32)
+            out[key] = (x - np.asarray(s["mean"], np.float32)) / np.asarray(s["std"], np.float32)
+    return out
+
+
+def window_sample(clip: Mapping[str, np.ndarray], start: int, end: int, window: int) -> dict:
+    """Frames ``[start, end)`` of every per-frame array, padded to ``window`` by repeating the last
+    frame; adds ``valid`` ``[window]`` (True on real frames)."""
+    n = _frames(clip)
+    if not 0 <= start < end <= n:
+        raise ValueError(f"window [{start}, {end}) is outside the clip's {n} frames")
+    out = {k: pad_to_length(np.asarray(v)[start:end], window) for k, v in clip.items() if np.ndim(v) >= 1}
+    out["valid"] = np.arange(max(window, end - start)) < end - start
+    return out
+
+
+def eval_sample(clip: Mapping[str, np.ndarray], window: int) -> dict:
+    """The whole clip, padded to ``window`` when it has fewer frames (eval runs one clip per batch)."""
+    n = _frames(clip)
+    return window_sample(clip, 0, n, window)
+
+
+def train_windows(lengths: Sequence[int], window: int = 300, hop: int = 200) -> list[tuple[int, int, int]]:
+    """``(clip index, start, end)`` of every training window, clips in order."""
+    return [(i, s, e) for i, n in enumerate(lengths) for s, e in window_bounds(int(n), window, hop)]
+
+
+class WindowBatches:
+    """Shuffled, batched training windows over a list of clips; deterministic given ``seed``.
+
+    ``epoch(e)`` yields batches (dicts of stacked arrays ``[B, window, ...]`` plus ``valid``) in
+    an order drawn from ``np.random.default_rng([seed, e])``. Every window appears once per epoch;
+    ``drop_last`` drops a last partial batch.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Mapping[str, np.ndarray]],
+        batch_size: int,
+        *,
+        window: int = 300,
+        hop: int = 200,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not clips:
+            raise ValueError("no training clips: the split is empty")
+        self.clips = clips
+        self.batch_size, self.window, self.seed, self.drop_last = batch_size, window, seed, drop_last
+        self.windows = train_windows([_frames(c, f"clip {i}") for i, c in enumerate(clips)], window, hop)
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.windows), self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        order = self.order(epoch)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            samples = [window_sample(self.clips[c], s, e, self.window) for c, s, e in (self.windows[i] for i in idx)]
+            yield {k: np.stack([s[k] for s in samples]) for k in samples[0]}

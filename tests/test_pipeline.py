@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jax_cer.data.pipeline import WindowBatches, apply_zscore, eval_sample, train_windows, window_sample, zscore_stats
+from jax_cer.data.pipeline import (
+    WindowBatches,
+    apply_zscore,
+    eval_sample,
+    train_windows,
+    video_transform,
+    window_sample,
+    zscore_stats,
+)
 
 
 def _clip(n: int, label: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "video": rng.integers(0, 255, (n, 4, 4, 3), dtype=np.uint8),
+        "video": rng.integers(0, 255, (n, 48, 48, 3), dtype=np.uint8),
         "vggish": rng.normal(2.0, 3.0, (n, 128)),  # float64 on disk
         "bert": rng.normal(-1.0, 0.5, (n, 768)).astype(np.float32),
         "label": np.full((n,), label, np.int32),
@@ -80,3 +88,39 @@ def test_window_batches_cover_every_window_once_and_are_deterministic() -> None:
     assert len(WindowBatches(clips, 4, drop_last=True)) == n_windows // 4
     with pytest.raises(ValueError, match="split is empty"):
         WindowBatches([], 4)
+
+
+def test_video_transform_crops_flips_and_scales_like_the_original() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    ev = video_transform(frames, train=False)
+    assert ev.shape == (5, 40, 40, 3) and ev.dtype == np.float32
+    np.testing.assert_allclose(ev, (frames[:, 4:44, 4:44] / 255.0 - 0.5) / 0.5, atol=1e-6)
+    assert video_transform(np.zeros((1, 48, 48, 3), np.uint8), train=False).min() == -1.0
+    assert video_transform(np.full((1, 48, 48, 3), 255, np.uint8), train=False).max() == 1.0
+    seen_offsets, flips = set(), 0
+    for seed in range(200):
+        out = video_transform(frames, train=True, rng=np.random.default_rng(seed))
+        r = np.random.default_rng(seed)
+        x1, y1 = r.integers(0, 9, size=2)
+        flip = r.random() < 0.5
+        crop = frames[:, y1 : y1 + 40, x1 : x1 + 40]
+        np.testing.assert_allclose(out, (crop[:, :, ::-1] if flip else crop) / 127.5 - 1.0, atol=1e-6)
+        seen_offsets.add((int(x1), int(y1)))
+        flips += flip
+    assert {x for x, _ in seen_offsets} == set(range(9)) and 60 < flips < 140  # offsets 0..8, p(flip) = 0.5
+    with pytest.raises(ValueError, match=r"uint8 frames \[T, 48, 48, 3\].*float64 \[5, 48, 48, 3\]"):
+        video_transform(frames.astype(np.float64), train=False)
+    with pytest.raises(ValueError, match="needs an rng"):
+        video_transform(frames, train=True)
+
+
+def test_batches_and_eval_samples_transform_uint8_frames() -> None:
+    rng = np.random.default_rng(1)
+    clips = [{"video": rng.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8), "label": np.zeros(n, np.int32)}
+             for n in (70, 30)]  # fmt: skip
+    batch = next(WindowBatches(clips, 3, window=40, hop=30, seed=0).epoch(0))
+    assert batch["video"].shape == (3, 40, 40, 40, 3) and batch["video"].dtype == np.float32
+    e = eval_sample(clips[1], 40)
+    np.testing.assert_allclose(e["video"][:30], video_transform(clips[1]["video"], train=False))
+    np.testing.assert_allclose(e["video"][30:], np.repeat(e["video"][29:30], 10, axis=0))  # padded, then cropped

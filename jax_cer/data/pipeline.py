@@ -13,6 +13,10 @@ A clip is a mapping of per-frame arrays that share their first axis n: modalitie
   frame and label (train and eval, as the original). ``valid`` marks the real frames, so the fixed
   recipe can drop padding from the loss and the metrics.
 - :func:`eval_sample`: the whole clip (no windowing), padded to the window length when shorter.
+- :func:`video_transform`: 48x48 uint8 face frames to the models' 40x40 input in [-1, 1] (§1.2):
+  a random 40x40 crop and a horizontal flip with probability 0.5, both drawn once per window, in
+  training; the centre crop (offset 4) in evaluation. ``WindowBatches`` and ``eval_sample`` apply
+  it to a ``video`` entry of uint8 frames ``[n, 48, 48, 3]`` (feature vectors pass unchanged).
 """
 
 from __future__ import annotations
@@ -68,6 +72,39 @@ def apply_zscore(clip: Mapping[str, np.ndarray], stats: Mapping[str, Mapping[str
     return out
 
 
+FRAME, CROP = 48, 40
+
+
+def video_transform(frames: np.ndarray, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """``[T, 48, 48, 3]`` uint8 frames of one window -> ``[T, 40, 40, 3]`` float32 in [-1, 1].
+
+    Train: one crop offset ``(x1, y1)``, each uniform over {0..8}, and one flip with probability
+    0.5 for the whole window (``rng`` required). Eval: the centre crop (offset 4), no flip.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[1:] != (FRAME, FRAME, 3) or frames.dtype != np.uint8:
+        raise ValueError(
+            f"video_transform expects uint8 frames [T, {FRAME}, {FRAME}, 3] (resized as in spec §1.2), "
+            f"got {frames.dtype} {list(frames.shape)}"
+        )
+    if train:
+        if rng is None:
+            raise ValueError("video_transform(train=True) needs an rng for the crop offset and the flip")
+        x1, y1 = (int(v) for v in rng.integers(0, FRAME - CROP + 1, size=2))
+        flip = bool(rng.random() < 0.5)
+    else:
+        x1 = y1 = (FRAME - CROP) // 2
+        flip = False
+    out = frames[:, y1 : y1 + CROP, x1 : x1 + CROP]
+    if flip:
+        out = out[:, :, ::-1]
+    return ((out.astype(np.float32) / 255.0) - 0.5) / 0.5
+
+
+def _is_frames(x) -> bool:
+    return np.ndim(x) == 4 and np.asarray(x).dtype == np.uint8
+
+
 def window_sample(clip: Mapping[str, np.ndarray], start: int, end: int, window: int) -> dict:
     """Frames ``[start, end)`` of every per-frame array, padded to ``window`` by repeating the last
     frame; adds ``valid`` ``[window]`` (True on real frames)."""
@@ -80,9 +117,13 @@ def window_sample(clip: Mapping[str, np.ndarray], start: int, end: int, window: 
 
 
 def eval_sample(clip: Mapping[str, np.ndarray], window: int) -> dict:
-    """The whole clip, padded to ``window`` when it has fewer frames (eval runs one clip per batch)."""
+    """The whole clip, padded to ``window`` when it has fewer frames (eval runs one clip per batch);
+    uint8 ``video`` frames get the evaluation transform (centre crop)."""
     n = _frames(clip)
-    return window_sample(clip, 0, n, window)
+    out = window_sample(clip, 0, n, window)
+    if _is_frames(out.get("video")):
+        out["video"] = video_transform(out["video"], train=False)
+    return out
 
 
 def train_windows(lengths: Sequence[int], window: int = 300, hop: int = 200) -> list[tuple[int, int, int]]:
@@ -127,5 +168,12 @@ class WindowBatches:
         order = self.order(epoch)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            samples = [window_sample(self.clips[c], s, e, self.window) for c, s, e in (self.windows[i] for i in idx)]
+            samples = []
+            for i in idx:
+                c, s, e = self.windows[i]
+                sample = window_sample(self.clips[c], s, e, self.window)
+                if _is_frames(sample.get("video")):  # crop and flip drawn per (seed, epoch, window)
+                    rng = np.random.default_rng([self.seed, epoch, int(i), 1])
+                    sample["video"] = video_transform(sample["video"], train=True, rng=rng)
+                samples.append(sample)
             yield {k: np.stack([s[k] for s in samples]) for k in samples[0]}

@@ -205,12 +205,6 @@ def _sparse_group(gs, states, masks, t, b1, b2, eps):
     return updates, new_states
 
 
-def _sparse_update(g, st: SparseLeafState, mask, t, b1, b2, eps):
-    """One step of one sparse leaf (``g``: dense gradient; ``mask``: M, int32[k] row-major)."""
-    (u,), (s,) = _sparse_group([g], [st], mask[None], t, b1, b2, eps)
-    return u, s
-
-
 def _dense_update(g, st: DenseLeafState, t, b1, b2, eps, faithful):
     dtype = jnp.promote_types(g.dtype, jnp.float32)
     gf = g.astype(dtype)

@@ -48,12 +48,12 @@ def test_resume_is_bit_identical(uninterrupted, tmp_path) -> None:
     ref_dir, ref_out = uninterrupted
     assert ref_out["step"] == 14 and not ref_out["stopped"]
     stopped = train(CFG, tmp_path, progress=False, stop_after_steps=5)  # mid-epoch
-    assert stopped == {"step": 5, "stopped": True, "val": {}}
+    assert stopped == {"step": 5, "stopped": True, "val": {}, "select": "weighted_f1"}
     out = train(CFG, tmp_path, progress=False)
     assert out == ref_out
     mine, meta = _state(tmp_path)
     ref, ref_meta = _state(ref_dir)
-    assert meta == ref_meta == {"epoch": 2, "batch": 0, "step": 14, "best_f1": ref_out["best_weighted_f1"]}
+    assert meta == ref_meta == {"epoch": 2, "batch": 0, "step": 14, "best": ref_out["best"]}
     assert len(mine) == len(ref) > 10
     for a, b in zip(mine, ref, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -105,8 +105,18 @@ def test_configuration_errors_are_clear(tmp_path) -> None:
         TrainConfig(optimizer="lion")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainConfig(batch_size=0)
-    with pytest.raises(ValueError, match="only 'synthetic'"):
-        TrainConfig(dataset="meld")
+    with pytest.raises(ValueError, match="unknown dataset 'affwild'"):
+        TrainConfig(dataset="affwild")
+    with pytest.raises(ValueError, match="fold"):
+        TrainConfig(dataset="meld", fold=1)
+    with pytest.raises(ValueError, match="select='ap' is not a validation metric of c-expr-db"):
+        TrainConfig(dataset="c-expr-db", select="ap")
+    with pytest.raises(ValueError, match="modalities must be distinct"):
+        TrainConfig(modalities=("video", "audio"))
+    with pytest.raises(ValueError, match="mt needs the modalities video and vggish"):
+        TrainConfig(model="mt", modalities=("vggish", "bert"))
+    with pytest.raises(ValueError, match="has 2 classes"):
+        TrainConfig(dataset="bah", num_classes=7)
     (tmp_path / "config.json").write_text(json.dumps({"model": "jmt"}))
     with pytest.raises(ValueError, match="holds a different configuration"):
         train(CFG, tmp_path, progress=False)
@@ -142,6 +152,7 @@ def test_cli_train_and_eval(tmp_path) -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(json.loads((tmp_path / "m.json").read_text())) >= {"accuracy", "weighted_f1", "video_accuracy"}
+    names = {"accuracy", "weighted_f1", "video_mean_probs_accuracy", "video_vote_weighted_f1"}
+    assert set(json.loads((tmp_path / "m.json").read_text())) >= names
     bad = subprocess.run([*base, "train", "--set", "epochs=x"], check=False, cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "'x' is not a valid int" in bad.stderr

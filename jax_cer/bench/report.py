@@ -78,7 +78,50 @@ def _machine_line(name: str, record: dict) -> str:
 def _model_group(info: dict) -> tuple | None:
     if info.get("component", "attention") in ("attention", "optimizer", "optimizer-part"):
         return None
+    if str(info.get("variant", "")).startswith("train_loop"):
+        return None
     return (info["component"], info["variant"])
+
+
+def _loop_group(info: dict) -> tuple | None:
+    variant = str(info.get("variant", ""))
+    return (info["component"], variant) if variant.startswith("train_loop") else None
+
+
+def throughput_section(machines: dict) -> list[str]:
+    """Training throughput of the ``jax-cer train`` loop against the PyTorch reference's loop."""
+    lines: list[str] = []
+    for machine, files in sorted(machines.items()):
+        groups = newest_groups(files["bench"], _loop_group)
+        if not groups:
+            continue
+        lines += [
+            f"### {machine}",
+            "",
+            "| model | input | batch x window | JAX ms/step (p20-p80) | JAX frames/s | PyTorch frames/s "
+            "| JAX / PyTorch |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (component, variant), impls in sorted(groups.items()):
+            if "jax" not in impls:
+                continue
+            med, p20, p80 = _percentiles(impls["jax"])
+            info = impls["jax"]["extra_info"]
+            frames = info.get("frames", 0)
+            video = info["shapes"]["video"]
+            inputs = variant.partition("(")[2].rstrip(")") or "features"
+            jfps = frames / (med / 1e3)
+            if "torch" in impls:
+                tmed = _percentiles(impls["torch"])[0]
+                tcell, ratio = f"{frames / (tmed / 1e3):,.0f}", f"**{tmed / med:.2f}x**"
+            else:
+                tcell, ratio = "-", "-"
+            lines.append(
+                f"| {component} | {inputs} | {video[0]} x {video[1]} | {med:.1f} ({p20:.1f}-{p80:.1f}) | {jfps:,.0f} | "
+                f"{tcell} | {ratio} |"
+            )
+        lines.append("")
+    return lines or ["No training-loop results yet: run `jax-cer bench -k train_loop`.", ""]
 
 
 def model_table(machines: dict) -> list[str]:
@@ -287,6 +330,17 @@ def render(results_dir: Path, notes: Path | None = None, md_dir: Path | None = N
         "",
     ]
     out += model_table(machines)
+    out += ["## Training throughput: the `jax-cer train` loop vs the PyTorch reference's loop", ""]
+    out += [
+        "Frames per second of one training step as a run executes it on the synthetic dataset: the next batch "
+        "of windows (300 frames, cut, padded and stacked from z-scored clips), the copy to the device, forward "
+        "in training mode, per-frame cross-entropy, backward, SGD with Nesterov momentum, and the wait for the "
+        "loss; both loops read the same batches and compute the original's model (MT/JMT with its attention "
+        "axis and the discarded bert TCN). `features`: 512-d face features as the video input; `frames`: uint8 "
+        "faces through the crop/flip transform and the frozen IR-50. `JAX / PyTorch` > 1 means JAX trains faster.",
+        "",
+    ]
+    out += throughput_section(machines)
     out += ["## Fused attention: `flash_attention` vs `jax.nn.dot_product_attention`", ""]
     out += [
         "TFLOP/s = 4*B*H*Sq*Sk*D (half when causal; x3.5 for forward+backward) / median time. "

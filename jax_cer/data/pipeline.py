@@ -43,23 +43,35 @@ def _frames(clip: Mapping[str, np.ndarray], name: str = "clip") -> int:
 
 
 def zscore_stats(clips: Iterable[Mapping[str, np.ndarray]], keys: Sequence[str] = ZSCORE_KEYS) -> dict[str, dict]:
-    """``{key: {"mean": [d], "std": [d]}}`` (float64) over every frame of ``clips`` (two passes)."""
-    clips = list(clips)
-    if not clips:
+    """``{key: {"mean": [d], "std": [d]}}`` (float64) over every frame of ``clips`` (two passes).
+
+    ``clips``: an iterable, or a sequence read twice by index (a lazy source is never held whole).
+    """
+    if not isinstance(clips, Sequence):
+        clips = list(clips)
+    if len(clips) == 0:
         raise ValueError("zscore_stats needs at least one clip (the fold's train and val clips)")
-    out = {}
-    for key in keys:
-        for i, c in enumerate(clips):
+    total: dict[str, np.ndarray] = {}
+    n: dict[str, int] = dict.fromkeys(keys, 0)
+    for i in range(len(clips)):  # pass 1: sums and counts
+        c = clips[i]
+        for key in keys:
             if key not in c:
                 raise KeyError(f"clip {i} has no {key!r} array; it has {sorted(c)}")
-        total = sum(np.asarray(c[key], np.float64).sum(axis=0) for c in clips)
-        n = sum(int(np.shape(c[key])[0]) for c in clips)
-        if n < 2:
-            raise ValueError(f"zscore_stats: {key} has {n} frame(s); the std needs at least 2")
-        mean = total / (n + 1e-10)
-        sq = sum(((np.asarray(c[key], np.float64) - mean) ** 2).sum(axis=0) for c in clips)
-        out[key] = {"mean": mean, "std": np.sqrt(sq / (n - 1))}
-    return out
+            x = np.asarray(c[key], np.float64)
+            total[key] = total[key] + x.sum(axis=0) if key in total else x.sum(axis=0)
+            n[key] += int(x.shape[0])
+    for key in keys:
+        if n[key] < 2:
+            raise ValueError(f"zscore_stats: {key} has {n[key]} frame(s); the std needs at least 2")
+    mean = {key: total[key] / (n[key] + 1e-10) for key in keys}
+    sq: dict[str, np.ndarray] = {}
+    for i in range(len(clips)):  # pass 2: squared deviations from the mean
+        c = clips[i]
+        for key in keys:
+            d = ((np.asarray(c[key], np.float64) - mean[key]) ** 2).sum(axis=0)
+            sq[key] = sq[key] + d if key in sq else d
+    return {key: {"mean": mean[key], "std": np.sqrt(sq[key] / (n[key] - 1))} for key in keys}
 
 
 def apply_zscore(clip: Mapping[str, np.ndarray], stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
@@ -136,7 +148,8 @@ class WindowBatches:
 
     ``epoch(e)`` yields batches (dicts of stacked arrays ``[B, window, ...]`` plus ``valid``) in
     an order drawn from ``np.random.default_rng([seed, e])``. Every window appears once per epoch;
-    ``drop_last`` drops a last partial batch.
+    ``drop_last`` drops a last partial batch. ``clips`` may be any sequence (e.g. a lazy
+    :class:`~jax_cer.data.clips.ClipSource`); pass ``lengths`` to avoid reading every clip up front.
     """
 
     def __init__(
@@ -148,14 +161,19 @@ class WindowBatches:
         hop: int = 200,
         seed: int = 0,
         drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not clips:
+        if len(clips) == 0:
             raise ValueError("no training clips: the split is empty")
+        if lengths is None:
+            lengths = [_frames(c, f"clip {i}") for i, c in enumerate(clips)]
+        elif len(lengths) != len(clips):
+            raise ValueError(f"lengths has {len(lengths)} entries for {len(clips)} clips")
         self.clips = clips
         self.batch_size, self.window, self.seed, self.drop_last = batch_size, window, seed, drop_last
-        self.windows = train_windows([_frames(c, f"clip {i}") for i, c in enumerate(clips)], window, hop)
+        self.windows = train_windows(lengths, window, hop)
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.windows), self.batch_size)

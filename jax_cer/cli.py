@@ -284,6 +284,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     val = out["val"]
     shown = ", ".join(f"{k} {val[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap") if k in val)
     print(f"done: {out['step']} steps; validation {shown}; best {out['select']} {out['best']:.4f}")
+    test = out["test"]
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap", out["select"]) if k in test)
+    print(f"best checkpoint on the test split: {shown}")
     print(f"checkpoints in {workdir / 'checkpoints'}; metrics log {workdir / 'metrics.jsonl'}")
     return 0
 

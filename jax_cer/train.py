@@ -444,7 +444,8 @@ def evaluate(cfg: TrainConfig, forward, state, clips: Sequence[dict], model=None
 
 
 class _Log:
-    """``metrics.jsonl``: appended line by line; on resume, lines after the restored step are dropped."""
+    """``metrics.jsonl``: appended line by line; on resume, lines after the restored step (and the
+    final test record) are dropped."""
 
     def __init__(self, path: Path, upto_step: int | None):
         self.path = path
@@ -452,7 +453,8 @@ class _Log:
         if upto_step is None:
             lines = []
         else:
-            lines = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= upto_step]
+            # the final test record is written again when the run ends
+            lines = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= upto_step and "test" not in ln]
         path.write_text("".join(ln + "\n" for ln in lines))
 
     def write(self, record: dict) -> None:
@@ -611,6 +613,15 @@ def train(
 
         bar = tqdm(total=total, initial=step, desc=f"train {cfg.model}", unit="step", file=sys.stderr)
     last = {}
+    if step == 0 and cfg.spec.task == "cer" and best.latest_step() is None:
+        # the original validates the untrained model first and starts the best-model tracker with
+        # it (CER; BAH does not track it, so its first epoch always becomes the best)
+        state = eval_state(model, cfg.model, params, stats, frozen)
+        first = evaluate(cfg, forward, state, val_clips, model, progress=progress)
+        log.write({"step": 0, "epoch": -1, "val": first})
+        best_score = first[select]
+        _save(best, 0, (params, stats, opt_state), {"epoch": 0, "batch": 0, "step": 0, "best": best_score},
+              {"score": best_score})  # fmt: skip
     try:
         while epoch < cfg.epochs:
             opt_state.hyperparams["learning_rate"] = jnp.asarray(cfg.lr_at(epoch), jnp.float32)
@@ -666,7 +677,13 @@ def train(
             bar.close()
         latest.wait_until_finished()
         best.wait_until_finished()
-    return {"step": step, "stopped": False, "val": last, "select": select, "best": best_score}
+    # as the original, the kept (best) model is finally scored on the test split
+    best_step = best.best_step()
+    (b_params, b_stats, _), _ = restore(best, (params, stats, opt_state), best_step)
+    state = eval_state(model, cfg.model, b_params, b_stats, frozen)
+    test = evaluate(cfg, forward, state, data["test"], model, progress=progress)
+    log.write({"step": step, "epoch": cfg.epochs - 1, "best_step": best_step, "test": test})
+    return {"step": step, "stopped": False, "val": last, "select": select, "best": best_score, "test": test}
 
 
 def evaluate_checkpoint(

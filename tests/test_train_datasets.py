@@ -64,11 +64,13 @@ def test_cexpr_with_other(tmp_path: Path) -> None:
     # the best checkpoint is the last epoch with the highest validation weighted F1 (ties: later)
     records = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     vals = [r for r in records if "val" in r]
-    assert len(vals) == 3
-    best = max(range(3), key=lambda i: (vals[i]["val"]["weighted_f1"], i))
+    assert [r["step"] for r in vals] == [0, 3, 6, 9]  # the untrained model first, as the original (CER)
+    best = max(range(4), key=lambda i: (vals[i]["val"]["weighted_f1"], i))
     assert out["best"] == vals[best]["val"]["weighted_f1"]
     res = evaluate_checkpoint(tmp_path / "run", "best")
     assert res == pytest.approx(vals[best]["val"], rel=1e-12)
+    assert out["test"] == pytest.approx(res, rel=1e-12)  # the best model on test (= val on C-EXPR-DB)
+    assert records[-1]["test"] == out["test"] and records[-1]["best_step"] == vals[best]["step"]
     # C-EXPR-DB's test split is its validation split
     assert evaluate_checkpoint(tmp_path / "run", "latest", "test") == pytest.approx(val, rel=1e-12)
 

@@ -128,7 +128,7 @@ def test_bah_frames_global_supervision(tmp_path: Path) -> None:
     (_, stats, _), _ = restore(latest, template)
     drift = {p: v for p, v in _leaves(stats).items() if p[:2] == ("spatial", "visual") and "mean" in p[-2:]}
     assert drift
-    start = _leaves(nnx.state(build_run_model(cfg), nnx.BatchStat))
+    start = _leaves(nnx.state(model, nnx.BatchStat))  # as loaded, before training
     assert all(not np.array_equal(v, start[p]) for p, v in drift.items())
 
 

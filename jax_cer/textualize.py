@@ -30,6 +30,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from jax_cer.data.layout import CEXPR_CLASSES
+
 AU_COLUMNS: tuple[tuple[str, str], ...] = (
     ("AU01", "Inner Brow Raiser"),
     ("AU02", "Outer Brow Raiser"),
@@ -65,17 +67,8 @@ AU_THRESHOLD = 0.5
 TONE_THRESHOLD = 0.3
 TONE_ROWS = 10
 
-CEXPR_LABELS: tuple[str, ...] = (
-    "Fearfully Surprised",
-    "Happily Surprised",
-    "Sadly Surprised",
-    "Disgustedly Surprised",
-    "Angrily Surprised",
-    "Sadly Fearful",
-    "Sadly Angry",
-    "Other",
-)
-"""C-EXPR-DB class ids 0..7 (``class_id.yaml``; Other = 7 is added in code)."""
+CEXPR_LABELS: tuple[str, ...] = CEXPR_CLASSES
+"""C-EXPR-DB class ids 0..7 (``class_id.yaml``; Other = 7 is added in code), as :mod:`jax_cer.data`."""
 MELD_TEXT_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 """MELD in the text repo's order (``constants.EMOTIONS``, alphabetical): the text models' class ids."""
 MELD_FEATURE_LABELS: tuple[str, ...] = ("neutral", "joy", "surprise", "fear", "anger", "disgust", "sadness")

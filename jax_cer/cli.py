@@ -5,7 +5,8 @@
                    on failure).
 ``jax-cer bench``  times the models (JAX against the PyTorch reference) into a results JSON and
                    regenerates BENCHMARKS.md.
-``jax-cer train``  trains a named configuration (checkpoints, metrics log, resume).
+``jax-cer train``  trains a named configuration (checkpoints, metrics log, resume): a fusion model,
+                   or a text model on MELD (``meld-text-*``, ``meld-fewshot-*``).
 ``jax-cer eval``   scores a training run's checkpoint.
 """
 
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a fusion model (progress, checkpoints, metrics log; resumes where it stopped)",
+        help="train a fusion or text model (progress, checkpoints, metrics log; resumes where it stopped)",
         description=(
             "Trains a named configuration into a work directory: config.json, metrics.jsonl (loss per logged "
             "step, validation metrics per epoch), orbax checkpoints in checkpoints/latest and checkpoints/best "
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
             "AP). Running the same command again resumes from the newest checkpoint and continues exactly as an "
             "uninterrupted run. Recipe: per-frame cross-entropy, SGD with Nesterov momentum and the original step "
             "schedule (or adamw / so), windows of 300 frames with hop 200. The real datasets are built once from "
-            "--manual-dir (the original repos' layout) into --data-dir; frames need the IR-50 weights (--backbone)."
+            "--manual-dir (the original repos' layout) into --data-dir; frames need the IR-50 weights (--backbone). "
+            "Text configurations (meld-text-full/lora/so, meld-fewshot-*, synthetic-text) fine-tune a BERT-family "
+            "encoder (default all-MiniLM-L6-v2) on MELD's transcripts read from --data-dir (default "
+            "../shared/data/meld), select on dev weighted F1 and score the kept model on test."
         ),
         epilog=(
             "examples:\n"
@@ -186,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  jax-cer train --config c-expr-db-lfan --manual-dir /data/cer --backbone /models/res50_ir_0.887.pth "
             "--set fold=2\n"
             "  jax-cer train --config bah-jmt --manual-dir /data/cer --backbone /models/res50_ir_0.887.pth "
-            "--set supervision=global"
+            "--set supervision=global\n"
+            "  jax-cer train --config meld-text-lora --set epochs=3\n"
+            "  jax-cer train --config meld-fewshot-so --set shots=16 --set seed=2"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -205,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--manual-dir", metavar="DIR", help="the dataset's folder (folds/ and <DS>/features/); --set manual_dir"
     )
     t.add_argument(
-        "--data-dir", metavar="DIR", help="where the built dataset goes (default ~/tensorflow_datasets); --set data_dir"
+        "--data-dir",
+        metavar="DIR",
+        help="where the built dataset goes (default ~/tensorflow_datasets); for text runs, MELD's CSV folder; "
+        "--set data_dir",
     )
     t.add_argument("--backbone", metavar="FILE", help="IR-50 weights (res50_ir_0.887.pth); --set backbone")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         choices=("val", "test"),
         default="val",
-        help="which split to score (default val; on C-EXPR-DB test is val, as the original protocol)",
+        help="which split to score (default val; on C-EXPR-DB test is val, as the original protocol; MELD: dev/test)",
     )
     e.add_argument("--json", metavar="PATH", help="also write the metrics as JSON to PATH")
     e.set_defaults(func=cmd_eval)
@@ -228,15 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace):
     import dataclasses
 
+    from jax_cer.text_train import TEXT_CONFIGS
     from jax_cer.train import CONFIGS
 
-    if args.config not in CONFIGS:
-        raise SystemExit(f"unknown configuration {args.config!r}; choose one of {sorted(CONFIGS)}")
-    cfg = CONFIGS[args.config]
+    every = {**CONFIGS, **TEXT_CONFIGS}
+    if args.config not in every:
+        raise SystemExit(f"unknown configuration {args.config!r}; choose one of {sorted(every)}")
+    cfg = every[args.config]
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     changes = {}
     for flag, key in (("manual_dir", "manual_dir"), ("data_dir", "data_dir"), ("backbone", "backbone")):
         if getattr(args, flag, None):
+            if key not in fields:
+                raise SystemExit(f"--{flag.replace('_', '-')} does not apply to the text configuration {args.config}")
             changes[key] = getattr(args, flag)
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -261,6 +274,7 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from jax_cer.text_train import TEXT_CONFIGS
     from jax_cer.train import CONFIGS, train
 
     if args.list:
@@ -270,10 +284,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"epochs={cfg.epochs:<4} batch={cfg.batch_size:<2} window={cfg.window}/{cfg.hop} "
                 f"select={cfg.select_metric()}"
             )
+        for name, cfg in TEXT_CONFIGS.items():
+            budget = f"steps={cfg.steps}" if cfg.steps else f"epochs={cfg.epochs}"
+            print(
+                f"{name:<22} text {cfg.method:<4} dataset={cfg.dataset:<9} optimizer={cfg.resolved_optimizer():<5} "
+                f"lr={cfg.lr:g} {budget} batch={cfg.batch_size} shots={cfg.shots or 'all'} select={cfg.select}"
+            )
         return 0
     cfg = _config_from_args(args)
     workdir = Path(args.workdir or Path("runs") / args.config)
     print(f"jax-cer train: {args.config} -> {workdir}", flush=True)
+    if args.config in TEXT_CONFIGS:
+        return _train_text(cfg, workdir, args)
     try:
         out = train(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -291,11 +313,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_text(cfg, workdir: Path, args: argparse.Namespace) -> int:
+    from jax_cer.text_train import train_text
+
+    try:
+        out = train_text(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"done: {out['step']} steps; {out['trainable_params']:,} of {out['params']:,} parameters trained")
+    for split in ("val", "test"):
+        if out[split]:
+            r = out[split]
+            print(f"kept model (step {out['kept_step']}) on {split}: accuracy {r['accuracy']:.4f}, "
+                  f"weighted F1 {r['weighted_f1']:.4f}")  # fmt: skip
+    print(f"checkpoints in {workdir / 'checkpoints'}; metrics log {workdir / 'metrics.jsonl'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from jax_cer.text_train import evaluate_text_checkpoint
     from jax_cer.train import evaluate_checkpoint
 
     try:
-        res = evaluate_checkpoint(args.workdir, args.which, args.split, progress=True)
+        cfg_file = Path(args.workdir) / "config.json"
+        text = cfg_file.is_file() and json.loads(cfg_file.read_text()).get("kind") == "text"
+        run = evaluate_text_checkpoint if text else evaluate_checkpoint
+        res = run(args.workdir, args.which, args.split, progress=True)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

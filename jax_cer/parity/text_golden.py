@@ -1,0 +1,161 @@
+"""``jax-cer repro`` rows of the text encoder and the LoRA classifier (golden files of
+``repro/make_text_golden.py`` in ``repro/golden/text``).
+
+- ``text_encoder``: token ids (exact), every hidden state over real tokens (``layers``, <= 1e-5)
+  and the sentence embeddings (``end_to_end``, <= 1e-5) of :class:`jax_cer.text.SentenceEncoder`
+  on the all-MiniLM-L6-v2 checkpoint against transformers / sentence-transformers.
+- ``text_lora``: the same encoder with the reference's LoRA factors (q, v; r 8, rsLoRA) and head:
+  logits (<= 1e-5), loss, and the parameter change of one clip(0.3) + SGD(weight decay 0.01) step
+  on the LoRA factors and the head (<= 1e-4 relative to the largest change, the gradient rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+LAYER_TOL = 1e-5
+END_TO_END_TOL = 1e-5
+STEP_TOL = 1e-4
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    from jax_cer.parity.golden import GoldenFileError
+
+    manifest_path, npz = folder / "manifest.json", folder / "minilm.npz"
+    if not manifest_path.is_file() or not npz.is_file():
+        raise GoldenFileError(f"text golden files missing in {folder}: run python repro/make_text_golden.py")
+    manifest = json.loads(manifest_path.read_text())
+    if _sha256(npz) != manifest["npz_sha256"]:
+        raise GoldenFileError(f"{npz} differs from its manifest (edited or corrupted); regenerate it")
+    with np.load(npz) as f:
+        return manifest, {k: f[k] for k in f.files}
+
+
+def _torch_lora_to_ours(name: str, value: np.ndarray) -> np.ndarray:
+    # reference A [r, in] / B [out, r]; ours lora_a [in, r] / lora_b [r, out]; heads [out, in] -> [in, out]
+    return value.T if value.ndim == 2 else value
+
+
+def check(folder: Path) -> list:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jax_cer.lora import apply_lora, lora_trainable
+    from jax_cer.parity.golden import CheckResult, _result
+    from jax_cer.text import SentenceEncoder, TextClassifier, default_checkpoint
+    from jax_cer.train_step import cross_entropy
+
+    t0 = time.perf_counter()
+    try:
+        manifest, ref = load(folder)
+        path = default_checkpoint()
+    except (FileNotFoundError, RuntimeError) as e:
+        return [CheckResult("text_encoder", "load", "-", float("inf"), 0.0, False, time.perf_counter() - t0, 0, str(e))]
+    if _sha256(path / "model.safetensors") != manifest["checkpoint_sha256"]:
+        detail = f"{path / 'model.safetensors'} is not the checkpoint the golden files were made from"
+        return [CheckResult("text_encoder", "load", "-", float("inf"), 0.0, False, time.perf_counter() - t0, 0, detail)]
+    rows = []
+    enc = SentenceEncoder.from_pretrained(path)
+    with jax.default_matmul_precision("highest"):
+        states, tok = enc.hidden_states(manifest["sentences"])
+        ids_ok = np.array_equal(tok["input_ids"], ref["input_ids"]) and np.array_equal(
+            tok["attention_mask"], ref["attention_mask"]
+        )
+        real = ref["attention_mask"][..., None].astype(bool)
+        errors = {
+            ("embeddings" if i == 0 else f"layer_{i}"): (
+                float(np.abs(np.where(real, s - ref[f"hidden_{i}"], 0.0)).max()) if ids_ok else float("inf")
+            )
+            for i, s in enumerate(states)
+        }
+        rows.append(_result("text_encoder", "layers", errors, LAYER_TOL, t0, "" if ids_ok else "token ids differ"))
+        t1 = time.perf_counter()
+        emb = enc.embed(manifest["sentences"])
+        rows.append(
+            _result(
+                "text_encoder",
+                "end_to_end",
+                {"embeddings": float(np.abs(emb - ref["embeddings"]).max())},
+                END_TO_END_TOL,
+                t1,
+            )
+        )
+
+        # the LoRA classifier: the reference's factors and head, eval mode
+        t2 = time.perf_counter()
+        lora = manifest["lora"]
+        model = TextClassifier(enc.model, 7, rngs=nnx.Rngs(0))
+        wrapped = apply_lora(
+            model, lora["targets"], rank=lora["rank"], alpha=lora["alpha"], rslora=lora["rslora"], rngs=nnx.Rngs(0)
+        )
+        if wrapped != lora["wrapped"]:
+            detail = f"LoRA wraps {wrapped}, the reference {lora['wrapped']}"
+            rows.append(CheckResult("text_lora", "load", "-", float("inf"), 0.0, False, 0.0, 0, detail))
+            return rows
+
+        def ours(name: str):  # reference parameter name -> (module, attribute)
+            mod, _, leaf = name.rpartition(".")
+            m = model
+            for p in mod.split("."):
+                m = m[int(p)] if isinstance(m, nnx.List) else getattr(m, p)
+            return m, {"lora_A": "lora_a", "lora_B": "lora_b", "weight": "kernel", "bias": "bias"}[leaf]
+
+        names = sorted(k.removeprefix("before/") for k in ref if k.startswith("before/"))
+        for n in names:
+            m, attr = ours(n)
+            getattr(m, attr).set_value(jnp.asarray(_torch_lora_to_ours(n, ref[f"before/{n}"])))
+        model.eval()
+        ids, mask, labels = (jnp.asarray(ref[k]) for k in ("input_ids", "attention_mask", "labels"))
+        graphdef, params, rest = nnx.split(model, lora_trainable("classifier"), ...)
+
+        def loss_fn(p):
+            logits = nnx.merge(graphdef, p, rest)(ids, mask)
+            return cross_entropy(logits, labels), logits
+
+        (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+        step = manifest["step"]
+        tx = optax.chain(
+            optax.clip_by_global_norm(step["max_norm"]),
+            optax.add_decayed_weights(step["weight_decay"]),
+            optax.sgd(step["lr"]),
+        )
+        updates, _ = tx.update(grads, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        nnx.update(model, new)
+        rows.append(
+            _result(
+                "text_lora",
+                "logits",
+                {
+                    "logits": float(np.abs(np.asarray(logits) - ref["logits"]).max()),
+                    "loss": abs(float(loss) - float(ref["loss"])),
+                },
+                END_TO_END_TOL,
+                t2,
+            )
+        )
+        t3 = time.perf_counter()
+        deltas = {}
+        scale = max(float(np.abs(ref[f"after/{n}"] - ref[f"before/{n}"]).max()) for n in names)
+        for n in names:
+            m, attr = ours(n)
+            got = np.asarray(getattr(m, attr)[...]) - _torch_lora_to_ours(n, ref[f"before/{n}"])
+            want = _torch_lora_to_ours(n, ref[f"after/{n}"] - ref[f"before/{n}"])
+            deltas[n] = float(np.abs(got - want).max()) / scale
+        rows.append(_result("text_lora", "sgd_step", deltas, STEP_TOL, t3, "relative to the largest change"))
+    return rows

@@ -144,9 +144,11 @@ TEXT_CONFIGS: dict[str, TextTrainConfig] = {
     "meld-text-full": TextTrainConfig(**_FULL),
     "meld-text-lora": TextTrainConfig(**_LORA),
     "meld-text-so": TextTrainConfig(**_SO),
-    "meld-fewshot-full": TextTrainConfig(**{**_FULL, **_FEWSHOT}),
+    # few-shot: 100 steps leave little room for warm starts, so full fine-tuning gets a larger lr
+    # and SO the LoRA lr (chosen before any run, not tuned on dev or test)
+    "meld-fewshot-full": TextTrainConfig(**{**_FULL, **_FEWSHOT, "lr": 1e-4}),
     "meld-fewshot-lora": TextTrainConfig(**{**_LORA, **_FEWSHOT}),
-    "meld-fewshot-so": TextTrainConfig(**{**_SO, **_FEWSHOT}),
+    "meld-fewshot-so": TextTrainConfig(**{**_SO, **_FEWSHOT, "lr": 1e-3}),
     "synthetic-text": TextTrainConfig(
         dataset="synthetic", method="lora", epochs=2, batch_size=4, eval_batch_size=8, log_every=1
     ),

@@ -75,3 +75,26 @@ def test_optimizer_rows_give_time_and_state_ratios(tmp_path) -> None:
     assert row in text
     assert "| 5e-05 | default | 2.0 | - | - |" in text
     assert "| optimizer |" not in text  # not a model row
+
+
+def test_text_section_tables(tmp_path) -> None:
+    def run(method, shots, seed, wf1):
+        return {
+            "run": f"{method}-{shots}-{seed}", "method": method, "optimizer": "adamw", "shots": shots, "seed": seed,
+            "steps": 100, "kept_step": 100, "trainable_params": 1000, "wall_s": 60.0,
+            "settings": {"lr": 1e-3, "batch_size": 8},
+            "val": {"weighted_f1": 0.5, "accuracy": 0.5}, "test": {"weighted_f1": wf1, "accuracy": 0.6},
+        }  # fmt: skip
+
+    from repro.text_meld import summarize
+
+    runs = [run("lora", 0, 0, 0.58), run("lora", 4, 0, 0.30), run("lora", 4, 1, 0.40)]
+    text = tmp_path / "repro" / "results" / "text"
+    text.mkdir(parents=True)
+    payload = {"machine": "cpu-test-2c", "smoke": False, "runs": runs, "fewshot_summary": summarize(runs[1:])}
+    (text / "meld-cpu-test-2c.json").write_text(json.dumps(payload))
+    (text / "meld-cpu-test-2c-smoke.json").write_text(json.dumps({**payload, "smoke": True}))
+    lines = report.text_section(text)
+    assert sum(line.startswith("### ") for line in lines) == 1  # the smoke file is left out
+    assert "| lora | adamw | 0.001 | 1,000 | 100 (100) | 0.5000 | 0.6000 | **0.5800** | 1.0 min |" in lines
+    assert "| 4 | lora | 0, 1 | 0.6000 ± 0.0000 | 0.3500 ± 0.0707 |" in lines

@@ -361,10 +361,12 @@ def text_section(text_dir: Path) -> list[str]:
         summary = data.get("fewshot_summary", [])
         if summary:
             one = next(r for r in runs if r["shots"])
+            lrs = {r["method"]: r["settings"]["lr"] for r in runs if r["shots"]}
+            lr_text = ", ".join(f"{m} {lr:g}" for m, lr in sorted(lrs.items()))
             lines += [
                 f"Few-shot: K utterances per class from train, {one['steps']} steps of batch "
-                f"{one['settings']['batch_size']} for every method, the final model scored on test "
-                "(mean ± standard deviation over seeds):",
+                f"{one['settings']['batch_size']} for every method (lr: {lr_text}), the final model scored on "
+                "test (mean ± standard deviation over seeds):",
                 "",
                 "| shots | method | seeds | test accuracy | test weighted F1 |",
                 "|---|---|---|---|---|",

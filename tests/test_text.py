@@ -241,3 +241,20 @@ def test_lora_merged_equals_unmerged_and_only_lora_trains() -> None:
     assert not jax.tree.leaves(nnx.state(model, LoRAParam))
     assert isinstance(model.encoder.encoder.layer[0].attention.self.query, nnx.Linear)
     np.testing.assert_allclose(model(ids, mask), unmerged, atol=1e-6)
+
+
+def test_classifier_pooling_options() -> None:
+    ids = jnp.array([[2, 5, 7, 0], [2, 3, 4, 5]])
+    mask = jnp.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    enc = BertModel(TINY, rngs=nnx.Rngs(0))
+    mean = TextClassifier(enc, 5, rngs=nnx.Rngs(1))
+    cls = TextClassifier(enc, 5, pooling="cls", rngs=nnx.Rngs(1))
+    assert mean(ids, mask).shape == cls(ids, mask).shape == (2, 5)
+    # the classifier sees mean(h over real tokens) / tanh(pooler(h[CLS])): recompute both by hand
+    h = enc(ids, mask)
+    m = np.asarray(mask, np.float32)[..., None]
+    pooled = (np.asarray(h) * m).sum(1) / m.sum(1)
+    np.testing.assert_allclose(mean(ids, mask), mean.classifier(jnp.asarray(pooled)), atol=1e-6)
+    np.testing.assert_allclose(cls(ids, mask), cls.classifier(enc.pooler(h)), atol=1e-6)
+    with pytest.raises(ValueError, match="pooling='cls' needs the encoder's pooler"):
+        TextClassifier(BertModel(TINY, add_pooling_layer=False, rngs=nnx.Rngs(0)), 5, pooling="cls", rngs=nnx.Rngs(1))

@@ -65,6 +65,26 @@ def run_one(name: str, cfg, workdir: Path, progress: bool) -> dict:
     return record
 
 
+def majority_baseline(data_dir: str | None) -> dict:
+    """Test accuracy and weighted F1 of always predicting the training split's most frequent class."""
+    import numpy as np
+
+    from jax_cer import metrics
+    from jax_cer.text_train import MELD_FILES, default_meld_dir, read_meld_split
+    from jax_cer.textualize import MELD_TEXT_LABELS
+
+    root = Path(data_dir) if data_dir else default_meld_dir()
+    _, train = read_meld_split(root / MELD_FILES["train"])
+    _, test = read_meld_split(root / MELD_FILES["test"])
+    c = int(np.bincount(train).argmax())
+    pred = np.full_like(test, c)
+    return {
+        "class": MELD_TEXT_LABELS[c],
+        "accuracy": metrics.accuracy(test, pred),
+        "weighted_f1": metrics.weighted_f1(test, pred),
+    }
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": jax.default_backend(),
         "runs": runs,
         "fewshot_summary": summarize([r for r in runs if r["shots"]]),
+        "majority_baseline": None if args.smoke else majority_baseline(args.data_dir),
     }
     out = (
         args.out

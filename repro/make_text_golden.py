@@ -19,7 +19,6 @@ float32 on the CPU, on the fixed sentences below (written for this file; no data
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import platform
 import sys
@@ -47,19 +46,12 @@ STEP = {"lr": 1.0, "weight_decay": 0.01, "max_norm": 0.3}
 SEED = 4321
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main() -> int:
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
 
+    from jax_cer.parity.text_golden import file_sha256 as sha256
     from jax_cer.text import default_checkpoint
     from repro.reference.text import MeanPoolClassifier, sgd_clip_step, wrap_lora
 

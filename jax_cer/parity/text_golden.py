@@ -23,7 +23,8 @@ END_TO_END_TOL = 1e-5
 STEP_TOL = 1e-4
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -38,7 +39,7 @@ def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
     if not manifest_path.is_file() or not npz.is_file():
         raise GoldenFileError(f"text golden files missing in {folder}: run python repro/make_text_golden.py")
     manifest = json.loads(manifest_path.read_text())
-    if _sha256(npz) != manifest["npz_sha256"]:
+    if file_sha256(npz) != manifest["npz_sha256"]:
         raise GoldenFileError(f"{npz} differs from its manifest (edited or corrupted); regenerate it")
     with np.load(npz) as f:
         return manifest, {k: f[k] for k in f.files}
@@ -66,7 +67,7 @@ def check(folder: Path) -> list:
         path = default_checkpoint()
     except (FileNotFoundError, RuntimeError) as e:
         return [CheckResult("text_encoder", "load", "-", float("inf"), 0.0, False, time.perf_counter() - t0, 0, str(e))]
-    if _sha256(path / "model.safetensors") != manifest["checkpoint_sha256"]:
+    if file_sha256(path / "model.safetensors") != manifest["checkpoint_sha256"]:
         detail = f"{path / 'model.safetensors'} is not the checkpoint the golden files were made from"
         return [CheckResult("text_encoder", "load", "-", float("inf"), 0.0, False, time.perf_counter() - t0, 0, detail)]
     rows = []

@@ -104,15 +104,24 @@ def test_so_dense_groups() -> None:
 
 
 def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
-    """LoRA on the synthetic sentences: stops after 3 steps, resumes to the end, scores the best checkpoint."""
+    """The CI smoke run of meld-text-lora (28 utterances per split; the synthetic sentences when MELD
+    is absent): stops after 3 steps, resumes to the end through the CLI, scores the best checkpoint."""
     _checkpoint_or_skip()
     from jax_cer.text_train import train_text
 
     work = tmp_path / "run"
-    cfg = TEXT_CONFIGS["synthetic-text"]
+    name, small = "synthetic-text", {}
+    if (MELD / "train_sent_emo.csv").is_file():
+        name, small = (
+            "meld-text-lora",
+            {"limit": 28, "epochs": 2, "batch_size": 4, "eval_batch_size": 8, "log_every": 1},
+        )
+    sets = [f"{k}={v}" for k, v in small.items()]
+    cfg = dataclasses.replace(TEXT_CONFIGS[name], **small)
     out = train_text(cfg, work, stop_after_steps=3, progress=False)
     assert out["stopped"] and out["step"] == 3
-    assert main(["train", "--config", "synthetic-text", "--workdir", str(work), "--no-progress"]) == 0
+    args = ["train", "--config", name, "--workdir", str(work), "--no-progress"]
+    assert main(args + [a for kv in sets for a in ("--set", kv)]) == 0
     printed = capsys.readouterr().out
     assert "76,423 of 22,789,639 parameters trained" in printed  # 6 layers x (q, v) x r 8 + head
     log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -637,7 +636,3 @@ def flash_attention_fn(backend: str = "auto") -> AttentionFn:
     from kernels.flash_attention import flash_attention
 
     return functools.partial(flash_attention, backend=backend)
-
-
-def num_params(tree) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -259,7 +259,6 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int):
 
     from jax_cer.lora import apply_lora, lora_trainable
     from jax_cer.text import (
-        BertConfig,
         BertModel,
         TextClassifier,
         Tokenizer,
@@ -268,10 +267,7 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int):
         load_bert,
     )
 
-    path = Path(cfg.checkpoint) if cfg.checkpoint else None
-    if cfg.dataset == "synthetic" and path is None:
-        path = default_checkpoint()
-    path = path or default_checkpoint()
+    path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint()
     attention_fn = flash_attention_fn() if cfg.attention == "flash" else None
     encoder = load_bert(path, attention_fn=attention_fn)
     if cfg.attention_dropout >= 0:
@@ -281,7 +277,6 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int):
         )
         nnx.update(fresh, nnx.state(encoder, nnx.Param))
         encoder = fresh
-    assert isinstance(encoder.config, BertConfig)
     model = TextClassifier(
         encoder, num_classes, pooling=cfg.pooling, classifier_dropout=cfg.classifier_dropout, rngs=nnx.Rngs(cfg.seed)
     )

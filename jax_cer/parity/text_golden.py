@@ -45,6 +45,20 @@ def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
         return manifest, {k: f[k] for k in f.files}
 
 
+def lora_start(wrapped: list[str], rank: int, hidden: int, num_classes: int, seed: int) -> dict[str, np.ndarray]:
+    """The LoRA factors and head both sides start from, in the reference's names and layouts, drawn
+    with :func:`jax_cer.parity.weights.draw_tensor` (B scaled by 0.05 so that the branch is a
+    perturbation): ``<module>.lora_A`` ``[r, in]``, ``<module>.lora_B`` ``[out, r]``, ``classifier.*``."""
+    from jax_cer.parity.weights import draw_tensor
+
+    shapes = {"classifier.weight": (num_classes, hidden), "classifier.bias": (num_classes,)}
+    for m in wrapped:
+        shapes[f"{m}.lora_A"] = (rank, hidden)
+        shapes[f"{m}.lora_B"] = (hidden, rank)
+    scale = {k: 0.05 if k.endswith("lora_B") else 1.0 for k in shapes}
+    return {k: (draw_tensor(seed, k, shape, "float32") * scale[k]).astype(np.float32) for k, shape in shapes.items()}
+
+
 def _torch_lora_to_ours(name: str, value: np.ndarray) -> np.ndarray:
     # reference A [r, in] / B [out, r]; ours lora_a [in, r] / lora_b [r, out]; heads [out, in] -> [in, out]
     return value.T if value.ndim == 2 else value
@@ -77,10 +91,10 @@ def check(folder: Path) -> list:
         ids_ok = np.array_equal(tok["input_ids"], ref["input_ids"]) and np.array_equal(
             tok["attention_mask"], ref["attention_mask"]
         )
-        real = ref["attention_mask"][..., None].astype(bool)
+        real = ref["attention_mask"].astype(bool)  # the golden states are packed: real tokens only
         errors = {
             ("embeddings" if i == 0 else f"layer_{i}"): (
-                float(np.abs(np.where(real, s - ref[f"hidden_{i}"], 0.0)).max()) if ids_ok else float("inf")
+                float(np.abs(s[real] - ref[f"hidden_{i}"]).max()) if ids_ok else float("inf")
             )
             for i, s in enumerate(states)
         }
@@ -116,10 +130,11 @@ def check(folder: Path) -> list:
                 m = m[int(p)] if isinstance(m, nnx.List) else getattr(m, p)
             return m, {"lora_A": "lora_a", "lora_B": "lora_b", "weight": "kernel", "bias": "bias"}[leaf]
 
-        names = sorted(k.removeprefix("before/") for k in ref if k.startswith("before/"))
+        before = lora_start(wrapped, lora["rank"], enc.dim, 7, lora["seed"])
+        names = sorted(before)
         for n in names:
             m, attr = ours(n)
-            getattr(m, attr).set_value(jnp.asarray(_torch_lora_to_ours(n, ref[f"before/{n}"])))
+            getattr(m, attr).set_value(jnp.asarray(_torch_lora_to_ours(n, before[n])))
         model.eval()
         ids, mask, labels = (jnp.asarray(ref[k]) for k in ("input_ids", "attention_mask", "labels"))
         graphdef, params, rest = nnx.split(model, lora_trainable("classifier"), ...)
@@ -152,11 +167,11 @@ def check(folder: Path) -> list:
         )
         t3 = time.perf_counter()
         deltas = {}
-        scale = max(float(np.abs(ref[f"after/{n}"] - ref[f"before/{n}"]).max()) for n in names)
+        scale = max(float(np.abs(ref[f"after/{n}"] - before[n]).max()) for n in names)
         for n in names:
             m, attr = ours(n)
-            got = np.asarray(getattr(m, attr)[...]) - _torch_lora_to_ours(n, ref[f"before/{n}"])
-            want = _torch_lora_to_ours(n, ref[f"after/{n}"] - ref[f"before/{n}"])
+            got = np.asarray(getattr(m, attr)[...]) - _torch_lora_to_ours(n, before[n])
+            want = _torch_lora_to_ours(n, ref[f"after/{n}"] - before[n])
             deltas[n] = float(np.abs(got - want).max()) / scale
         rows.append(_result("text_lora", "sgd_step", deltas, STEP_TOL, t3, "relative to the largest change"))
     return rows

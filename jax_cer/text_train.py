@@ -412,7 +412,7 @@ def train_text(
     """Trains (or resumes) a text run; returns the dev and test metrics of the kept model."""
     from flax import nnx
 
-    from jax_cer.train import _Log, _managers, _save, prepare_workdir, restore
+    from jax_cer.train import _Log, _managers, _save, finite_loss, prepare_workdir, restore, settle
 
     cfg_json = {"kind": "text", **json.loads(json.dumps(dataclasses.asdict(cfg)))}
     workdir = prepare_workdir(workdir, cfg_json, resume)
@@ -471,12 +471,7 @@ def train_text(
                 params, opt_state, loss = step_fn(params, opt_state, frozen, x, m, y, w, jax.random.fold_in(key, step))
                 step += 1
                 if step % cfg.log_every == 0 or step == total:
-                    loss_f = float(loss)
-                    if not math.isfinite(loss_f):
-                        raise FloatingPointError(
-                            f"the training loss is {loss_f} at step {step}; the last good checkpoint is step "
-                            f"{latest.latest_step()} in {workdir / 'checkpoints' / 'latest'}"
-                        )
+                    loss_f = finite_loss(loss, f"step {step}", latest, workdir)
                     rate = (step - s0) / (time.perf_counter() - t0)
                     log.write({"step": step, "epoch": epoch, "loss": loss_f})
                     if bar is not None:
@@ -502,10 +497,7 @@ def train_text(
         print(f"\ninterrupted at step {step}; resume with the same command", file=sys.stderr)
         raise
     finally:
-        if bar is not None:
-            bar.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
+        settle(bar, latest, best)
     if cfg.select == "final":
         kept_step, kept = step, params
     else:

@@ -578,6 +578,25 @@ def prepare_workdir(workdir: str | Path, cfg_json: dict, resume: bool) -> Path:
     return workdir
 
 
+def finite_loss(loss, where: str, latest, workdir: Path) -> float:
+    """The logged loss as a float; a non-finite one stops the run, naming the last good checkpoint."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"the training loss is {value} at {where}; the last good checkpoint is step {latest.latest_step()} "
+            f"in {workdir / 'checkpoints' / 'latest'}"
+        )
+    return value
+
+
+def settle(bar, *managers) -> None:
+    """End of a run, normal or not: close the progress bar, wait for the checkpoint writes."""
+    if bar is not None:
+        bar.close()
+    for m in managers:
+        m.wait_until_finished()
+
+
 def train(
     cfg: TrainConfig,
     workdir: str | Path,
@@ -642,12 +661,7 @@ def train(
                 )
                 step += 1
                 if step % cfg.log_every == 0 or b == len(batches) - 1:
-                    loss_f = float(loss)
-                    if not math.isfinite(loss_f):
-                        raise FloatingPointError(
-                            f"the training loss is {loss_f} at step {step} (epoch {epoch}); the last good checkpoint "
-                            f"is step {latest.latest_step()} in {workdir / 'checkpoints' / 'latest'}"
-                        )
+                    loss_f = finite_loss(loss, f"step {step} (epoch {epoch})", latest, workdir)
                     fps = frames_per_batch * (b + 1 - start_batch) / (time.perf_counter() - t0)
                     log.write({"step": step, "epoch": epoch, "loss": loss_f, "lr": cfg.lr_at(epoch)})
                     if bar is not None:
@@ -678,10 +692,7 @@ def train(
         print(f"\ninterrupted at step {step}; resume with the same command", file=sys.stderr)
         raise
     finally:
-        if bar is not None:
-            bar.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
+        settle(bar, latest, best)
     # as the original, the kept (best) model is finally scored on the test split
     best_step = best.best_step()
     (b_params, b_stats, _), _ = restore(best, (params, stats, opt_state), best_step)

@@ -131,3 +131,15 @@ def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
     res = tmp_path / "eval.json"
     assert main(["eval", str(work), "--split", "test", "--json", str(res)]) == 0
     assert json.loads(res.read_text()) == pytest.approx(final["test"], abs=1e-6)
+
+
+def test_non_finite_loss_names_the_last_checkpoint(tmp_path: Path) -> None:
+    from jax_cer.train import finite_loss
+
+    class Latest:
+        def latest_step(self):
+            return 40
+
+    assert finite_loss(np.float32(0.5), "step 41", Latest(), tmp_path) == 0.5
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 42; the last good checkpoint is step 40"):
+        finite_loss(np.float32("nan"), "step 42", Latest(), tmp_path)

@@ -3,11 +3,13 @@
 A *configuration* is (kernel, dtype, padded head dim ``BLOCK_D``): these are what the package
 ships, what the ahead-of-time check compiles for sm_80 and sm_90 (:mod:`kernels.aot`), and what
 a GPU launch uses. The CPU interpreter uses one large-tile configuration (its time is per program).
-No autotuning here: ``kernels.aot`` and the GPU benchmarks may sweep alternatives.
+No autotuning here: :func:`override` lets a sweep (``python -m repro.attention_sweep``) time
+alternatives on a GPU, and ``kernels.aot`` checks their resources without one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
@@ -72,11 +74,35 @@ _TABLE: dict[tuple[str, str, int], tuple[int, int, int, int]] = {
 }
 
 
+_OVERRIDES: dict[tuple[str, str, int], KernelConfig] = {}
+
+
 def gpu_config(kernel: str, dtype: str, bd: int) -> KernelConfig:
-    """The shipped configuration of ``kernel`` for ``dtype`` and padded head dim ``bd``."""
+    """The configuration of ``kernel`` for ``dtype`` and padded head dim ``bd``: the shipped one,
+    unless :func:`override` replaces it."""
     if kernel not in KERNELS or dtype not in DTYPES or bd not in HEAD_DIMS:
         raise ValueError(f"no configuration for kernel={kernel!r}, dtype={dtype!r}, BLOCK_D={bd}")
+    if (kernel, dtype, bd) in _OVERRIDES:
+        return _OVERRIDES[(kernel, dtype, bd)]
     return KernelConfig(*_TABLE[(kernel, "32" if dtype == "float32" else "16", bd)])
+
+
+@contextlib.contextmanager
+def override(kernel: str, dtype: str, bd: int, config: KernelConfig):
+    """Uses ``config`` for (kernel, dtype, BLOCK_D) in what is *traced* inside the block (a config
+    sweep: jit a fresh function inside it). Not thread-safe; the shipped table is back afterwards."""
+    gpu_config(kernel, dtype, bd)  # validates the key
+    if config.block_m & (config.block_m - 1) or (config.block_n and config.block_n & (config.block_n - 1)):
+        raise ValueError(f"block sizes must be powers of two, got {config}")
+    before = _OVERRIDES.get((kernel, dtype, bd))
+    _OVERRIDES[(kernel, dtype, bd)] = config
+    try:
+        yield config
+    finally:
+        if before is None:
+            del _OVERRIDES[(kernel, dtype, bd)]
+        else:
+            _OVERRIDES[(kernel, dtype, bd)] = before
 
 
 INTERPRET_CONFIG = KernelConfig(64, 64, 4, 1)

@@ -9,6 +9,12 @@ absolute error of the token ids, of every hidden state over real tokens (embeddi
 layer; batches of 32, padded to the batch's longest as transformers pads) and of the normalized
 sentence embeddings. The JSON goes to ``repro/results/text/parity-<machine>.json`` and into
 BENCHMARKS.md. Needs the test extra (torch, transformers, sentence-transformers).
+
+``--random-init SEED`` is the check for machines without MELD and the packaged checkpoint (the GPU
+image): MiniLM-L6's shape with weights drawn by transformers' initializer, ``--n`` sequences of
+random token ids with random lengths (8 to 128, right-padded), the same hidden-state and
+mean-pooled, normalized embedding comparison, with PyTorch on the GPU when there is one (TF32
+off) and JAX at ``highest`` matmul precision.
 """
 
 from __future__ import annotations
@@ -30,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, help="Hugging Face BERT directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--n", type=int, default=256, help="MELD test utterances (default 256)")
     p.add_argument("--out", type=Path, help="output JSON (default repro/results/text/parity-<machine>.json)")
+    p.add_argument(
+        "--random-init",
+        type=int,
+        metavar="SEED",
+        help="drawn MiniLM-L6 weights and random token ids instead of the checkpoint and MELD",
+    )
     args = p.parse_args(argv)
+    if args.random_init is not None:
+        return random_init_parity(args.random_init, 64 if args.n == 256 else args.n, args.out)
 
     import torch
     import transformers
@@ -84,6 +98,78 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"embedding    {emb_err:.2e}\ntoken ids equal: {ids_equal}\n{'PASS' if record['passed'] else 'FAIL'} -> {out}"
     )
+    return 0 if record["passed"] else 1
+
+
+def random_init_parity(seed: int, n: int, out: Path | None) -> int:
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import transformers
+
+    from jax_cer.bench.machine import machine_record, machine_slug
+    from jax_cer.text import l2_normalize, load_bert, mean_pool
+    from repro.reference.text import random_bert_checkpoint
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="jax-cer-minilm-") as tmp:
+        path = random_bert_checkpoint(tmp, seed=seed)
+        ours = load_bert(path)
+        ref = transformers.BertModel.from_pretrained(path, attn_implementation="eager").eval().to(device)
+    n_layers = ref.config.num_hidden_layers
+    layers, emb_err = np.zeros(n_layers + 1), 0.0
+    fn = jax.jit(lambda i, m: ours(i, m, output_hidden_states=True)[1])
+    for s in range(0, n, 32):
+        size = min(32, n - s)
+        lengths = rng.integers(8, 129, size=size)
+        ids = rng.integers(1000, ref.config.vocab_size, size=(size, int(lengths.max()))).astype(np.int32)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
+        ids[:, 0] = 101
+        ids[np.arange(size), lengths - 1] = 102
+        ids = np.where(mask > 0, ids, 0)
+        with jax.default_matmul_precision("highest"):
+            states = fn(jnp.asarray(ids), jnp.asarray(mask))
+            emb = np.asarray(l2_normalize(mean_pool(states[-1], jnp.asarray(mask))))
+        with torch.no_grad():
+            hs = ref(
+                input_ids=torch.from_numpy(ids.astype(np.int64)).to(device),
+                attention_mask=torch.from_numpy(mask.astype(np.int64)).to(device),
+                output_hidden_states=True,
+            ).hidden_states
+            m = torch.from_numpy(mask).to(device)[..., None].to(hs[-1].dtype)
+            pooled = (hs[-1] * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            ref_emb = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        real = mask[..., None].astype(bool)
+        for i, (a, r) in enumerate(zip(states, hs, strict=True)):
+            layers[i] = max(layers[i], float(np.abs(np.where(real, np.asarray(a) - r.cpu().numpy(), 0.0)).max()))
+        emb_err = max(emb_err, float(np.abs(emb - ref_emb).max()))
+    dev = jax.devices()[0]
+    record = {
+        "kind": "text-parity",
+        "machine": machine_slug(machine_record()),
+        "created": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "checkpoint": f"MiniLM-L6 shape, weights drawn with seed {seed}",
+        "inputs": f"{n} sequences of random token ids, lengths 8-128, right-padded",
+        "sentences": n,
+        "devices": {"jax": f"{dev.platform}:{dev.device_kind}", "torch": device},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "jax": jax.__version__},
+        "token_ids_equal": True,  # both sides are given the same ids
+        "hidden_state_max_abs": {("embeddings" if i == 0 else f"layer_{i}"): v for i, v in enumerate(layers)},
+        "embedding_max_abs": emb_err,
+        "tolerance": TOLERANCE,
+        "passed": float(layers.max()) <= TOLERANCE and emb_err <= TOLERANCE,
+    }
+    out = out or REPO / "repro" / "results" / "text" / f"parity-random-{record['machine']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    for k, v in record["hidden_state_max_abs"].items():
+        print(f"{k:<12} {v:.2e}")
+    print(f"embedding    {emb_err:.2e}\n{'PASS' if record['passed'] else 'FAIL'} -> {out}")
     return 0 if record["passed"] else 1
 
 

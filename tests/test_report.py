@@ -98,3 +98,74 @@ def test_text_section_tables(tmp_path) -> None:
     assert sum(line.startswith("### ") for line in lines) == 1  # the smoke file is left out
     assert "| lora | adamw | 0.001 | 1,000 | 100 (100) | 0.5000 | 0.6000 | **0.5800** | 1.0 min |" in lines
     assert "| 4 | lora | 0, 1 | 0.6000 ± 0.0000 | 0.3500 ± 0.0707 |" in lines
+
+
+def _gpu_write(path, benchmarks):
+    record = {
+        "device": "NVIDIA Test GPU",
+        "platform": "gpu",
+        "driver": "1",
+        "cuda": "13",
+        "versions": {},
+        "commit": "g",
+    }
+    path.write_text(json.dumps({"machine_info": {"jax_cer": record}, "benchmarks": benchmarks}))
+
+
+def test_across_machines_puts_each_machine_in_a_column(tmp_path) -> None:
+    results = tmp_path / "results"
+    cpu, gpu = results / "cpu-test-2c", results / "gpu-test"
+    cpu.mkdir(parents=True)
+    gpu.mkdir(parents=True)
+    shapes = {"shapes": {"x": [2, 300, 512]}, "frames": 600}
+    att = {"head_dim": 128, "dtype": "bfloat16", "causal": False, "seq": 4096, "flops": 1e12, "shapes": {}}
+    _write(cpu / "bench-20260101T000000Z.json", [_bench("jax", "mt", "forward", 0.01, **shapes),
+                                                 _bench("torch", "mt", "forward", 0.02, **shapes)], "c")  # fmt: skip
+    _gpu_write(  # two files of one campaign: models, then attention
+        gpu / "bench-20260102T000000Z.json",
+        [_bench("jax", "mt", "forward", 0.001, **shapes), _bench("torch", "mt", "forward", 0.003, **shapes)],
+    )
+    _gpu_write(
+        gpu / "bench-20260102T000100Z.json",
+        [_bench(i, "attention", "fwd", t, **att) for i, t in (("flash_attention", 0.004), ("cudnn", 0.005))],
+    )
+    lines = report.cross_machine_section(report.load_results(results))
+    assert lines[0] == "| component | comparison | cpu-test-2c | gpu-test |"
+    assert "| mt | forward: PyTorch / JAX time | 2.00x | 3.00x |" in lines
+    assert "| attention | fwd D128 bf16 S=4096: flash / cudnn | - | 1.25x |" in lines
+
+
+def test_kernel_check_section_summarizes_and_lists_failures(tmp_path) -> None:
+    folder = tmp_path / "results" / "gpu-test"
+    folder.mkdir(parents=True)
+
+    def case(s, passed, err):
+        checks = {n: {"error": err, "bound": 0.01, "passed": passed} for n in ("out", "dq", "dk", "dv")}
+        label = f"bfloat16 D=128 full S={s}"
+        return {"dtype": "bfloat16", "d": 128, "causal": False, "sq": s, "sk": s, "label": label,
+                "checks": checks, "passed": passed}  # fmt: skip
+
+    record = {"backend": "triton", "rule": "r", "cases": [case(512, True, 0.002), case(16384, False, 0.03)],
+              "not_run": ["float16 D=64 full S=8192"]}  # fmt: skip
+    (folder / "kernelcheck-20260101T000000Z.json").write_text(json.dumps(record))
+    lines = report.kernel_check_section(report.load_results(tmp_path / "results"))
+    assert lines[0].endswith("1/2 cases pass, 1 not run")
+    assert "| bfloat16 | 128 | full | 1/2 | 16384 | 3.00 | 3.00e-02 | 3.00e-02 |" in lines
+    assert "- **FAIL** bfloat16 D=128 full S=16384: error above its bound" in lines
+    assert any("float16 D=64 full S=8192" in line for line in lines)
+
+
+def test_sweep_section_compares_the_fastest_with_the_shipped(tmp_path) -> None:
+    folder = tmp_path / "results" / "gpu-test"
+    folder.mkdir(parents=True)
+    shipped, other = ({"block_m": m, "block_n": 64, "num_warps": 8, "num_stages": 2} for m in (64, 128))
+    cases = [
+        {"config": shipped, "viable": True, "cases": {"4096-full": {"ms": 2.0, "tflops": 300.0, "vs_cudnn": 0.5}}},
+        {"config": other, "viable": True, "cases": {"4096-full": {"ms": 1.0, "tflops": 600.0, "vs_cudnn": 1.0}}},
+        {"config": {**other, "num_stages": 9}, "viable": False},
+    ]
+    record = {"dtype": "bfloat16", "head_dim": 128, "kernels": {"fwd": {"shipped": shipped, "candidates": cases,
+              "cudnn_ms": {"4096-full": 1.0}}}}  # fmt: skip
+    (folder / "sweep-20260101T000000Z.json").write_text(json.dumps(record))
+    lines = report.sweep_section(report.load_results(tmp_path / "results"))
+    assert "| fwd | 4096-full | 64x64 w8 s2 | 300 | 128x64 w8 s2 | 600 | 2.00x | 1.00x | 2 |" in lines

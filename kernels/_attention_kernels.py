@@ -7,7 +7,11 @@ that sees no key). Scores are ``s = scale * q.k``; the kernels work in the exp2 
 if causal, ``j <= i + Sk - Sq`` (bottom-right aligned). Tiles are padded to ``BLOCK_D``, the next
 power of two >= D, with masked loads. Accumulation is float32; ``IEEE`` asks for full-precision
 fp32 dots (TF32 is not float32); ``UPCAST`` casts tiles to float32 before every dot (the CPU
-interpreter multiplies raw bits for bfloat16 ``tl.dot``).
+interpreter multiplies raw bits for bfloat16 ``tl.dot``). Two hints let the compiler vectorize
+loads and stores along D (16-byte accesses, asynchronous copies, software pipelining) instead of
+moving one element at a time: ``EVEN_D`` (D == BLOCK_D, so the head-dim mask is known to be
+all-true at compile time) and ``ALIGN`` (a power of two that divides every batch, sequence and
+head stride, in elements; 1 when nothing is known). The caller computes both from the real shapes.
 
 This module is loaded twice by :mod:`kernels.loader`: once with ``TRITON_INTERPRET=1`` (CPU
 tests) and once without (GPU, ahead-of-time compilation). It imports nothing but Triton.
@@ -28,6 +32,24 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
+
+
+@triton.jit
+def _d_mask(offs_d, D, EVEN_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Which of the tile's head-dim columns exist: all of them, known at compile time, when EVEN_D."""
+    if EVEN_D:
+        return offs_d < BLOCK_D
+    return offs_d < D
+
+
+@triton.jit
+def _aligned(stride, ALIGN: tl.constexpr):
+    """``stride``, visibly a multiple of ALIGN (elements) so that row starts are aligned. The caller
+    guarantees the multiple; ``// ALIGN * ALIGN`` is what the compiler's divisibility analysis
+    sees through (``tl.multiple_of`` on a scalar argument does not reach it)."""
+    if ALIGN > 1:
+        stride = (stride // ALIGN) * ALIGN
+    return stride
 
 
 @triton.jit
@@ -75,7 +97,7 @@ def _attn_fwd_kernel(
     O, LSE,
     IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -84,7 +106,10 @@ def _attn_fwd_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = _d_mask(offs_d, D, EVEN_D, BLOCK_D)
+    stride_qb, stride_qs, stride_qh = _aligned(stride_qb, ALIGN), _aligned(stride_qs, ALIGN), _aligned(stride_qh, ALIGN)
+    stride_kb, stride_ks, stride_kh = _aligned(stride_kb, ALIGN), _aligned(stride_ks, ALIGN), _aligned(stride_kh, ALIGN)
+    stride_vb, stride_vs, stride_vh = _aligned(stride_vb, ALIGN), _aligned(stride_vs, ALIGN), _aligned(stride_vh, ALIGN)
 
     q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
@@ -130,7 +155,7 @@ def _attn_bwd_preprocess_kernel(
     stride_ob, stride_os, stride_oh, stride_od,
     H, SQ, D,
     DELTA,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """``delta[b, h, i] = sum_d dO[i, d] * O[i, d]`` in float32."""
     pid_m = tl.program_id(0)
@@ -139,7 +164,8 @@ def _attn_bwd_preprocess_kernel(
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m[:, None] < SQ) & (offs_d[None, :] < D)
+    mask = (offs_m[:, None] < SQ) & _d_mask(offs_d, D, EVEN_D, BLOCK_D)[None, :]
+    stride_ob, stride_os, stride_oh = _aligned(stride_ob, ALIGN), _aligned(stride_os, ALIGN), _aligned(stride_oh, ALIGN)
     off = b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
     o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
@@ -156,7 +182,7 @@ def _attn_bwd_dkdv_kernel(
     DK, DV,
     IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """One block of keys: dV = sum_i P^T dO, dK = scale * sum_i dS^T Q over the query blocks.
 
@@ -169,7 +195,10 @@ def _attn_bwd_dkdv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = _d_mask(offs_d, D, EVEN_D, BLOCK_D)
+    stride_qb, stride_qs, stride_qh = _aligned(stride_qb, ALIGN), _aligned(stride_qs, ALIGN), _aligned(stride_qh, ALIGN)
+    stride_kb, stride_ks, stride_kh = _aligned(stride_kb, ALIGN), _aligned(stride_ks, ALIGN), _aligned(stride_kh, ALIGN)
+    stride_vb, stride_vs, stride_vh = _aligned(stride_vb, ALIGN), _aligned(stride_vs, ALIGN), _aligned(stride_vh, ALIGN)
     key_ok = offs_n < _kv_length(LENS, b, SK, HAS_LENS)
     k_off = b * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd
     v_off = b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
@@ -216,7 +245,7 @@ def _attn_bwd_dq_kernel(
     DQ,
     IS_CAUSAL: tl.constexpr, HAS_LENS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, EVEN_D: tl.constexpr, ALIGN: tl.constexpr,
 ):  # fmt: skip
     """One block of queries: dQ = scale * sum_j dS K over the key blocks (dO, dQ share q's strides)."""
     pid_m = tl.program_id(0)
@@ -226,7 +255,10 @@ def _attn_bwd_dq_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    d_ok = _d_mask(offs_d, D, EVEN_D, BLOCK_D)
+    stride_qb, stride_qs, stride_qh = _aligned(stride_qb, ALIGN), _aligned(stride_qs, ALIGN), _aligned(stride_qh, ALIGN)
+    stride_kb, stride_ks, stride_kh = _aligned(stride_kb, ALIGN), _aligned(stride_ks, ALIGN), _aligned(stride_kh, ALIGN)
+    stride_vb, stride_vs, stride_vh = _aligned(stride_vb, ALIGN), _aligned(stride_vs, ALIGN), _aligned(stride_vh, ALIGN)
     row_ok = offs_m < SQ
     q_off = b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
     q = tl.load(Q + q_off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)

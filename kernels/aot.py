@@ -3,8 +3,12 @@
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` produces the PTX and cubin;
 the register count and spills come from running Triton's own ptxas with ``-v`` on that PTX (the
 driver that normally reports them needs a GPU), the shared memory from Triton's metadata.
-Each configuration is compiled with causal masking and per-example lengths enabled, the
-heaviest variant of its code.
+Each configuration is compiled with causal masking and per-example lengths enabled, and in two
+variants: ``aligned`` (D == BLOCK_D and strides divisible by 16 elements: D 32, 64, 128, 256 in
+contiguous arrays, where loads vectorize and pipeline, which costs shared memory) and ``unaligned``
+(an odd D: element-wise loads, which cost registers). Both must fit. The signature mirrors what
+jax-triton compiles: array pointers 16-byte aligned, and scalar arguments equal to 1 (the head
+dim's stride of contiguous arrays) specialized as constants.
 
 Run ``python -m kernels.aot --json PATH`` to write the table (``jax-cer bench`` reports it in
 BENCHMARKS.md); ``tests/test_kernels_aot.py`` asserts that everything compiles, nothing spills
@@ -36,6 +40,9 @@ _STRIDES = [f"stride_{t}{a}" for t in "qkv" for a in "bshd"]
 _FLAGS = ("IS_CAUSAL", "HAS_LENS", "BLOCK_M", "BLOCK_N", "BLOCK_D", "IEEE", "UPCAST")
 
 
+VARIANTS = {"aligned": {"EVEN_D": True, "ALIGN": 16}, "unaligned": {"EVEN_D": False, "ALIGN": 1}}
+
+
 @dataclasses.dataclass
 class CompileResult:
     kernel: str
@@ -48,15 +55,20 @@ class CompileResult:
     spill_loads: int
     shared_bytes: int
     seconds: float
+    variant: str = "unaligned"
 
     @property
     def ok(self) -> bool:
         return self.spill_stores == 0 and self.spill_loads == 0 and self.shared_bytes <= SHARED_LIMIT[self.cc]
 
 
-def signature(kernel: str, dtype: str, bd: int, cfg: KernelConfig) -> tuple[str, dict, dict]:
-    """(kernel function name, Triton signature, constexprs) of one configuration."""
+def signature(
+    kernel: str, dtype: str, bd: int, cfg: KernelConfig, variant: str = "unaligned"
+) -> tuple[str, dict, dict]:
+    """(kernel function name, Triton signature, constexprs) of one configuration. The head dim's
+    strides are the constant 1, as jax-triton specializes them for contiguous arrays."""
     t = "*" + _TRITON_DTYPE[dtype]
+    hints = VARIANTS[variant]
     flags = {
         "IS_CAUSAL": True,
         "HAS_LENS": True,
@@ -65,11 +77,12 @@ def signature(kernel: str, dtype: str, bd: int, cfg: KernelConfig) -> tuple[str,
         "BLOCK_D": bd,
         "IEEE": dtype == "float32",
         "UPCAST": False,
+        **hints,
     }
     if kernel == "bwd_preprocess":
-        sig = {"O": t, "DO": t, **{f"stride_o{a}": "i32" for a in "bshd"}, "H": "i32", "SQ": "i32", "D": "i32"}
-        sig["DELTA"] = "*fp32"
-        consts = {"BLOCK_M": cfg.block_m, "BLOCK_D": bd}
+        sig = {"O": t, "DO": t, **{f"stride_o{a}": "i32" for a in "bsh"}, "stride_od": "constexpr"}
+        sig.update({"H": "i32", "SQ": "i32", "D": "i32", "DELTA": "*fp32"})
+        consts = {"stride_od": 1, "BLOCK_M": cfg.block_m, "BLOCK_D": bd, **hints}
         return "_attn_bwd_preprocess_kernel", {**sig, **dict.fromkeys(consts, "constexpr")}, consts
     sizes = {"H": "i32", "SQ": "i32", "SK": "i32", "D": "i32", "scale_log2": "fp32"}
     if kernel == "fwd":
@@ -85,7 +98,14 @@ def signature(kernel: str, dtype: str, bd: int, cfg: KernelConfig) -> tuple[str,
         else:
             sig.update(DQ=t)
             name = "_attn_bwd_dq_kernel"
-    return name, {**sig, **dict.fromkeys(flags, "constexpr")}, flags
+    unit = {f"stride_{t}d": 1 for t in "qkv"}
+    sig.update(dict.fromkeys(unit, "constexpr"))
+    return name, {**sig, **dict.fromkeys(flags, "constexpr")}, {**unit, **flags}
+
+
+def pointer_attrs(sig: dict) -> dict:
+    """jax-triton's assumption about array arguments: 16-byte aligned."""
+    return {(i,): [["tt.divisibility", 16]] for i, v in enumerate(sig.values()) if v.startswith("*")}
 
 
 def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
@@ -106,7 +126,9 @@ def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
     return regs, int(spills.group(1)), int(spills.group(2))
 
 
-def compile_one(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int) -> CompileResult:
+def compile_one(
+    kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str = "unaligned"
+) -> CompileResult:
     """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -115,11 +137,11 @@ def compile_one(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int) ->
     from kernels.loader import require_mode
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    name, sig, consts = signature(kernel, dtype, bd, cfg)
+    name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
     t0 = time.perf_counter()
     fn = getattr(require_mode(interpret=False), name)
     compiled = triton.compile(
-        ASTSource(fn, sig, consts),
+        ASTSource(fn, sig, consts, attrs=pointer_attrs(sig)),
         target=GPUTarget("cuda", cc, 32),
         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
     )
@@ -135,7 +157,30 @@ def compile_one(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int) ->
         loads,
         int(compiled.metadata.shared),
         time.perf_counter() - t0,
+        variant,
     )
+
+
+MEMORY_OPS = ("ld.global.v4", "ld.global.v2", "ld.global.b16", "ld.global.b32", "cp.async", "st.global.v4")
+
+
+def memory_ops(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str) -> dict[str, int]:
+    """How the compiled kernel moves data: counts of global load / store and async-copy instructions
+    in its PTX (16-byte ``v4`` accesses and ``cp.async`` pipelining, or one element at a time)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.loader import require_mode
+
+    name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
+    fn = getattr(require_mode(interpret=False), name)
+    ptx = triton.compile(
+        ASTSource(fn, sig, consts, attrs=pointer_attrs(sig)),
+        target=GPUTarget("cuda", cc, 32),
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+    ).asm["ptx"]
+    return {op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in MEMORY_OPS}
 
 
 def _job(args):
@@ -144,7 +189,7 @@ def _job(args):
 
 def compile_all(targets=(80, 90), workers: int | None = None) -> list[CompileResult]:
     """Compiles every shipped configuration for every target (in parallel processes)."""
-    jobs = [(k, dt, bd, cfg, cc) for k, dt, bd, cfg in shipped() for cc in targets]
+    jobs = [(k, dt, bd, cfg, cc, v) for k, dt, bd, cfg in shipped() for cc in targets for v in VARIANTS]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_job, jobs))
@@ -153,14 +198,16 @@ def compile_all(targets=(80, 90), workers: int | None = None) -> list[CompileRes
 def table(results: list[CompileResult]) -> str:
     """A Markdown table of the results."""
     lines = [
-        "| kernel | dtype | BLOCK_D | target | BLOCK_M x BLOCK_N | warps | stages | registers | spills | shared KiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | dtype | BLOCK_D | target | variant | BLOCK_M x BLOCK_N | warps | stages | registers | spills "
+        "| shared KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.config
         blocks = f"{c['block_m']} x {c['block_n']}" if c["block_n"] else f"{c['block_m']}"
         lines.append(
-            f"| {r.kernel} | {r.dtype} | {r.block_d} | sm_{r.cc} | {blocks} | {c['num_warps']} | {c['num_stages']} | "
+            f"| {r.kernel} | {r.dtype} | {r.block_d} | sm_{r.cc} | {r.variant} | {blocks} | {c['num_warps']} | "
+            f"{c['num_stages']} | "
             f"{r.registers} | {r.spill_stores + r.spill_loads} | {r.shared_bytes / 1024:.1f} |"
         )
     return "\n".join(lines)

@@ -36,17 +36,19 @@ def block_d(head_dim: int) -> int:
 
 # (kernel, "16" for float16 / bfloat16 or "32" for float32, BLOCK_D) -> (BLOCK_M, BLOCK_N, warps, stages).
 # Chosen from an ahead-of-time sweep (python -m kernels.aot compiles them) as the largest tiles
-# that compile for both sm_80 and sm_90 without register spills and within shared memory; not
-# yet tuned for speed on a GPU. dK/dV programs own BLOCK_N keys and loop over BLOCK_M queries.
+# that compile for both sm_80 and sm_90, in both the aligned (vectorized, pipelined) and the
+# unaligned (odd D) variant, without register spills and within shared memory; not yet tuned for
+# speed on a GPU (python -m repro.attention_sweep is the tool for that). dK/dV programs own
+# BLOCK_N keys and loop over BLOCK_M queries.
 _TABLE: dict[tuple[str, str, int], tuple[int, int, int, int]] = {
     ("fwd", "16", 32): (128, 64, 8, 3),
     ("fwd", "16", 64): (128, 64, 8, 3),
     ("fwd", "16", 128): (64, 64, 8, 2),
     ("fwd", "16", 256): (32, 32, 8, 2),
     ("fwd", "32", 32): (32, 32, 8, 2),
-    ("fwd", "32", 64): (32, 32, 8, 2),
-    ("fwd", "32", 128): (32, 32, 8, 2),
-    ("fwd", "32", 256): (32, 16, 8, 1),
+    ("fwd", "32", 64): (64, 16, 8, 2),
+    ("fwd", "32", 128): (16, 64, 8, 1),
+    ("fwd", "32", 256): (16, 32, 8, 1),
     ("bwd_preprocess", "16", 32): (64, 0, 4, 1),
     ("bwd_preprocess", "16", 64): (64, 0, 4, 1),
     ("bwd_preprocess", "16", 128): (64, 0, 8, 1),
@@ -57,7 +59,7 @@ _TABLE: dict[tuple[str, str, int], tuple[int, int, int, int]] = {
     ("bwd_preprocess", "32", 256): (32, 0, 8, 1),
     ("bwd_dkdv", "16", 32): (64, 64, 8, 2),
     ("bwd_dkdv", "16", 64): (32, 32, 8, 1),
-    ("bwd_dkdv", "16", 128): (32, 32, 8, 1),
+    ("bwd_dkdv", "16", 128): (64, 16, 8, 1),
     ("bwd_dkdv", "16", 256): (16, 16, 8, 1),
     ("bwd_dkdv", "32", 32): (32, 32, 8, 1),
     ("bwd_dkdv", "32", 64): (16, 32, 8, 1),
@@ -69,7 +71,7 @@ _TABLE: dict[tuple[str, str, int], tuple[int, int, int, int]] = {
     ("bwd_dq", "16", 256): (16, 16, 8, 1),
     ("bwd_dq", "32", 32): (32, 32, 8, 1),
     ("bwd_dq", "32", 64): (32, 32, 8, 1),
-    ("bwd_dq", "32", 128): (32, 32, 8, 1),
+    ("bwd_dq", "32", 128): (64, 16, 8, 1),
     ("bwd_dq", "32", 256): (16, 16, 8, 1),
 }
 

@@ -249,9 +249,10 @@ def _host_forward(q, k, v, lens, *, causal, scale, has_lens):
     o = torch.full_like(tq, float("nan"))  # poisoned: an element the kernel does not write shows
     lse = torch.full((b, h, sq), float("nan"), dtype=torch.float32)
     cfg = INTERPRET_CONFIG
+    strides = _strides(tq, tk, tv)
     km._attn_fwd_kernel[(math.ceil(sq / cfg.block_m), b * h)](
-        tq, tk, tv, tl, *_strides(tq, tk, tv), h, sq, sk, d, scale * LOG2E, o, lse,
-        **_flags(causal, has_lens, cfg, d, q.dtype, interpret=True),
+        tq, tk, tv, tl, *strides, h, sq, sk, d, scale * LOG2E, o, lse,
+        **_flags(causal, has_lens, cfg, d, q.dtype, strides, interpret=True),
     )  # fmt: skip
     return _to_numpy(o, q.dtype), lse.numpy()
 
@@ -265,11 +266,12 @@ def _host_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     cfg = INTERPRET_CONFIG
     delta = torch.full((b, h, sq), float("nan"), dtype=torch.float32)
     km._attn_bwd_preprocess_kernel[(math.ceil(sq / cfg.block_m), b * h)](
-        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=cfg.block_m, BLOCK_D=block_d(d)
+        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=cfg.block_m, BLOCK_D=block_d(d), **_hints(d, tq.stride())
     )
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (tq, tk, tv))
-    flags = _flags(causal, has_lens, cfg, d, q.dtype, interpret=True)
-    common = (*_strides(tq, tk, tv), h, sq, sk, d, scale * LOG2E, scale)
+    strides = _strides(tq, tk, tv)
+    flags = _flags(causal, has_lens, cfg, d, q.dtype, strides, interpret=True)
+    common = (*strides, h, sq, sk, d, scale * LOG2E, scale)
     km._attn_bwd_dkdv_kernel[(math.ceil(sk / cfg.block_n), b * h)](
         tq, tk, tv, tdo, tlse, delta, tl, *common, dk, dv, **flags
     )
@@ -277,7 +279,22 @@ def _host_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     return tuple(_to_numpy(t, x.dtype) for t, x in ((dq, q), (dk, k), (dv, v)))
 
 
-def _flags(causal: bool, has_lens: bool, cfg: KernelConfig, d: int, dtype, *, interpret: bool) -> dict:
+def alignment(strides: Sequence[int]) -> int:
+    """The largest power of two <= 16 that divides every stride but the head dim's (``ALIGN``)."""
+    g = 0
+    for i, s in enumerate(strides):
+        if i % 4 != 3:  # [b, s, h, d] strides per array; d's is the element step
+            g = math.gcd(g, int(s))
+    return min(16, g & -g) if g else 16
+
+
+def _hints(d: int, strides: Sequence[int]) -> dict:
+    return {"EVEN_D": d == block_d(d), "ALIGN": alignment(strides)}
+
+
+def _flags(
+    causal: bool, has_lens: bool, cfg: KernelConfig, d: int, dtype, strides: Sequence[int], *, interpret: bool
+) -> dict:
     return {
         "IS_CAUSAL": causal,
         "HAS_LENS": has_lens,
@@ -286,6 +303,7 @@ def _flags(causal: bool, has_lens: bool, cfg: KernelConfig, d: int, dtype, *, in
         "BLOCK_D": block_d(d),
         "IEEE": jnp.dtype(dtype) == jnp.float32,
         "UPCAST": interpret,
+        **_hints(d, strides),
     }
 
 
@@ -321,7 +339,7 @@ def _triton_forward(q, k, v, lens, *, causal, scale, has_lens):
         grid=(math.ceil(sq / cfg.block_m), b * h),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
-        **_flags(causal, has_lens, cfg, d, q.dtype, interpret=False),
+        **_flags(causal, has_lens, cfg, d, q.dtype, strides, interpret=False),
     )  # fmt: skip
 
 
@@ -333,8 +351,9 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
     bd = block_d(d)
     pre = gpu_config("bwd_preprocess", dtype, bd)
+    o_strides = _contiguous_strides(o.shape)
     (delta,) = jt.triton_call(
-        o, do, *_contiguous_strides(o.shape), h, sq, d,
+        o, do, *o_strides, h, sq, d,
         kernel=km._attn_bwd_preprocess_kernel,
         out_shape=(jax.ShapeDtypeStruct((b, h, sq), jnp.float32),),
         grid=(math.ceil(sq / pre.block_m), b * h),
@@ -342,6 +361,7 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         num_stages=pre.num_stages,
         BLOCK_M=pre.block_m,
         BLOCK_D=bd,
+        **_hints(d, o_strides),
     )  # fmt: skip
     strides = [s for x in (q, k, v) for s in _contiguous_strides(x.shape)]
     common = (*strides, h, sq, sk, d, scale * LOG2E, scale)
@@ -353,7 +373,7 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         grid=(math.ceil(sk / kv_cfg.block_n), b * h),
         num_warps=kv_cfg.num_warps,
         num_stages=kv_cfg.num_stages,
-        **_flags(causal, has_lens, kv_cfg, d, q.dtype, interpret=False),
+        **_flags(causal, has_lens, kv_cfg, d, q.dtype, strides, interpret=False),
     )  # fmt: skip
     q_cfg = gpu_config("bwd_dq", dtype, bd)
     (dq,) = jt.triton_call(
@@ -363,6 +383,6 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         grid=(math.ceil(sq / q_cfg.block_m), b * h),
         num_warps=q_cfg.num_warps,
         num_stages=q_cfg.num_stages,
-        **_flags(causal, has_lens, q_cfg, d, q.dtype, interpret=False),
+        **_flags(causal, has_lens, q_cfg, d, q.dtype, strides, interpret=False),
     )  # fmt: skip
     return dq, dk, dv

@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -49,7 +50,7 @@ def _compile(args):
 
     kernel, dtype, bd, cfg = args
     try:
-        return compile_one(kernel, dtype, bd, cfg, SHARED_TARGET), None
+        return compile_one(kernel, dtype, bd, cfg, SHARED_TARGET, "aligned"), None
     except Exception as e:  # a configuration Triton cannot build is not a candidate
         return None, f"{type(e).__name__}: {str(e)[:200]}"
 
@@ -57,7 +58,8 @@ def _compile(args):
 def prefilter(kernel: str, dtype: str, bd: int, configs: list, workers: int) -> list[dict]:
     """``[{config, resources or error, viable}]``: compiled for sm_90 in parallel processes."""
     jobs = [(kernel, dtype, bd, c) for c in configs]
-    with concurrent.futures.ProcessPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds JAX (or CUDA)
+    with concurrent.futures.ProcessPoolExecutor(max(1, min(workers, len(jobs))), mp_context=ctx) as pool:
         results = list(pool.map(_compile, jobs))
     rows = []
     for cfg, (res, err) in zip(configs, results, strict=True):

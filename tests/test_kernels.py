@@ -228,3 +228,17 @@ def test_xla_backend_serves_masks_and_bias() -> None:
         np.asarray(got).transpose(0, 2, 1, 3)[rows_seen], np.asarray(want).transpose(0, 2, 1, 3)[rows_seen], atol=1e-5
     )
     assert xla_attention is not None
+
+
+def test_launch_hints_follow_the_real_strides() -> None:
+    """``ALIGN`` divides every batch / sequence / head stride (else the kernel's alignment claim
+    would be false); ``EVEN_D`` only when the head dim fills its tile."""
+    from kernels.flash_attention import _contiguous_strides, _hints, alignment
+
+    for shape, want in [((2, 97, 3, 128), 16), ((1, 7, 2, 64), 16), ((2, 33, 2, 24), 8), ((2, 7, 2, 59), 1)]:
+        strides = _contiguous_strides(shape)
+        got = alignment(strides * 3)  # q, k, v
+        assert got == want, (shape, got)
+        assert all(s % got == 0 for s in strides[:3])
+    assert _hints(128, _contiguous_strides((1, 5, 2, 128)))["EVEN_D"]
+    assert not _hints(96, _contiguous_strides((1, 5, 2, 96)))["EVEN_D"]

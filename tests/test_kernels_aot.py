@@ -34,8 +34,9 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
     data = json.loads(out.read_text())
     from kernels.configs import shipped
 
-    assert len(data["results"]) == 2 * len(shipped())
+    assert len(data["results"]) == 4 * len(shipped())  # sm_80 and sm_90, aligned and unaligned
     assert {r["cc"] for r in data["results"]} == {80, 90}
+    assert {r["variant"] for r in data["results"]} == {"aligned", "unaligned"}
     bad = [
         f"{r['kernel']} {r['dtype']} D{r['block_d']} sm_{r['cc']}: {r['spill_stores'] + r['spill_loads']} B spilled, "
         f"{r['shared_bytes']} B shared (limit {data['shared_limit'][str(r['cc'])]})"
@@ -45,3 +46,23 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
     assert not bad, "\n".join(bad)
     assert all(0 < r["registers"] <= 255 for r in data["results"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_aligned_head_dims_vectorize_and_pipeline() -> None:
+    """D == BLOCK_D with 16-aligned strides (every model's case): 16-byte loads and stores and
+    asynchronous copies, never one bf16 element at a time; an odd D falls back to element loads."""
+    code = (
+        "from kernels.aot import memory_ops\n"
+        "from kernels.configs import gpu_config\n"
+        "import json\n"
+        "cfg = gpu_config('fwd', 'bfloat16', 128)\n"
+        "print(json.dumps({v: memory_ops('fwd', 'bfloat16', 128, cfg, 90, v) for v in ('aligned', 'unaligned')}))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ops = json.loads(proc.stdout.strip().splitlines()[-1])
+    aligned, unaligned = ops["aligned"], ops["unaligned"]
+    assert aligned["ld.global.b16"] == 0 and aligned["ld.global.v4"] > 0 and aligned["st.global.v4"] > 0
+    assert aligned["cp.async"] > 0  # num_stages 2: the key / value loads are pipelined
+    assert unaligned["ld.global.b16"] > 0 and unaligned["cp.async"] == 0

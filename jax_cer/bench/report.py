@@ -297,7 +297,9 @@ def aot_section(aot_file: Path) -> list[str]:
         f"(`python -m kernels.aot`; checked by `tests/test_kernels_aot.py`): {len(results)} compilations, "
         f"{spills} with register spills, largest shared memory {max(r.shared_bytes for r in results) / 1024:.1f} KiB "
         "(limits: 163 KiB on sm_80, 227 KiB on sm_90). Compiled with causal masking and per-example lengths "
-        "enabled, the heaviest variant of each kernel.",
+        "enabled, as jax-triton compiles them (aligned arrays, unit strides as constants), in two variants: "
+        "`aligned` (D = BLOCK_D, strides multiples of 16: vector loads and pipelined copies, which take shared "
+        "memory) and `unaligned` (an odd D: element-wise masked loads, which take registers).",
         "",
         table(results),
         "",

@@ -3,13 +3,13 @@
     python -m repro.gpu_campaign plan
     python -m repro.gpu_campaign wheels [--dest .whl]                  # here, with pip: what the GPU lacks
     python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # there: PART = parity | attention
-                                                                       #   | models | profile | all
+                                                                       #   | models | profile | tune | all
     python -m repro.gpu_campaign collect DIR                           # here: results -> repro/results
 
 A GPU machine with CUDA builds of jax, triton and torch runs the campaign in parts, each one
 command that finishes within ``--budget-s`` (default 540 s, inside a 10-minute call); parity,
-attention and models take about 25 minutes together, and profile (8 minutes) is for when the
-Triton kernels trail cuDNN. ``run`` first installs the wheels of ``--wheels`` (jax-triton,
+attention and models take about 25 minutes together; profile and tune (7 minutes each) are for
+when the Triton kernels trail cuDNN. ``run`` first installs the wheels of ``--wheels`` (jax-triton,
 which the GPU image lacks, and anything else placed there) into a private folder, then runs its
 steps one after another, each in its own process, and writes under ``DIR/<machine>/``:
 
@@ -25,9 +25,9 @@ steps one after another, each in its own process, and writes under ``DIR/<machin
 
 A part's benchmark steps are joined into one ``bench-<time>.json`` at its end.
 * ``profile``: Nsight Compute on the Triton forward and cuDNN's at D=128, bf16, S=4k and 16k
-  (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward and
-  backward kernels against the shipped table and cuDNN (``python -m repro.attention_sweep``,
-  ``sweep-*.json``).
+  (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward against
+  the shipped configuration and cuDNN (``python -m repro.attention_sweep``, ``sweep-*.json``).
+* ``tune``: the same sweep for the backward's dK/dV and dQ kernels.
 
 Every part also writes ``campaign-<part>-*.json``: the machine record, each step's command, exit
 status, time and the end of its output, and the steps not started because the budget ran out
@@ -157,11 +157,27 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
                 smoke=("--seqs", "256"),
             ),
             Step(
-                "sweep",
-                ("-m", "repro.attention_sweep", "--json", f"{folder}/sweep-{stamp}.json"),
-                300,
-                what="block sizes of fwd, dK/dV and dQ at D=128 bf16: TFLOP/s against the shipped table and cuDNN",
-                smoke=("--aot-only", "--kernels", "fwd", "--max-candidates", "2"),
+                "sweep-fwd",
+                ("-m", "repro.attention_sweep", "--kernels", "fwd", "--json", f"{folder}/sweep-{stamp}.json"),
+                240,
+                what="forward block sizes at D=128 bf16 (27 candidates): TFLOP/s against the shipped one and cuDNN",
+                smoke=("--aot-only", "--max-candidates", "2"),
+            ),
+        ],
+        "tune": [
+            Step(
+                "sweep-bwd",
+                (
+                    "-m",
+                    "repro.attention_sweep",
+                    "--kernels",
+                    "bwd_dkdv,bwd_dq",
+                    "--json",
+                    f"{folder}/sweep-{stamp}.json",
+                ),
+                420,
+                what="dK/dV and dQ block sizes at D=128 bf16 (60 candidates), timed forward+backward",
+                smoke=("--aot-only", "--max-candidates", "2"),
             ),
         ],
     }
@@ -170,7 +186,7 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
     return parts[part]
 
 
-PARTS = ("parity", "attention", "models", "profile", "all")
+PARTS = ("parity", "attention", "models", "profile", "tune", "all")
 
 
 def install_wheels(wheels: Path, site: Path = SITE) -> list[str]:
@@ -355,7 +371,9 @@ def run_part(args: argparse.Namespace) -> int:
             save()
             continue
         argv = [sys.executable, *step.argv]
-        if step.name in ("kernel-check", "sweep") and left is not None and not args.smoke:  # they stop by themselves
+        if (
+            step.name in ("kernel-check", "sweep-fwd", "sweep-bwd") and left is not None and not args.smoke
+        ):  # they stop by themselves
             argv += ["--budget-s", str(max(int(left - 60), 30))]
         print(f"-- {step.name}: {step.what}\n   $ {' '.join(argv[1:])}", flush=True)
         s0 = time.monotonic()
@@ -400,7 +418,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"{part} (about {est / 60:.1f} min of {DEFAULT_BUDGET_S / 60:.0f}):")
         for s in steps:
             print(f"  {s.name:<22} ~{s.estimate_s:>4}s  {s.what}")
-    print(f"all parts: about {total / 60:.0f} min, plus a machine start per call")
+    core = sum(s.estimate_s for p in ("parity", "attention", "models") for s in steps_of(p, "$OUT", "m", "t"))
+    print(
+        f"parity + attention + models: about {core / 60:.0f} min; with profile and tune (when the kernels trail "
+        f"cuDNN): about {total / 60:.0f} min; plus a machine start per call"
+    )
     print("each part: python -m repro.gpu_campaign run PART --out $OUT --wheels .whl")
     return 0
 

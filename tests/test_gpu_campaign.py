@@ -15,12 +15,23 @@ from repro import gpu_campaign, kernel_check
 def test_plan_covers_every_component_within_the_call_budget(capsys) -> None:
     assert gpu_campaign.main(["plan"]) == 0
     text = capsys.readouterr().out
-    for part in ("parity", "attention", "models", "profile"):
+    for part in ("parity", "attention", "models", "profile", "tune"):
         steps = gpu_campaign.steps_of(part, "/o", "m", "t")
         assert sum(s.estimate_s for s in steps) <= gpu_campaign.DEFAULT_BUDGET_S, part
         assert f"{part} (about" in text
     names = {s.name for s in gpu_campaign.steps_of("all", "/o", "m", "t")}
-    assert {"repro", "kernel-check", "text-parity", "models", "train-loop", "so", "text", "profile", "sweep"} <= names
+    assert {
+        "repro",
+        "kernel-check",
+        "text-parity",
+        "models",
+        "train-loop",
+        "so",
+        "text",
+        "profile",
+        "sweep-fwd",
+        "sweep-bwd",
+    } <= names
     assert {
         f"attention-{p}-{t}-d{d}" for p in ("fwd", "fwd+bwd") for t in ("bfloat16", "float16") for d in (64, 128)
     } <= names

@@ -167,5 +167,9 @@ def test_sweep_section_compares_the_fastest_with_the_shipped(tmp_path) -> None:
     record = {"dtype": "bfloat16", "head_dim": 128, "kernels": {"fwd": {"shipped": shipped, "candidates": cases,
               "cudnn_ms": {"4096-full": 1.0}}}}  # fmt: skip
     (folder / "sweep-20260101T000000Z.json").write_text(json.dumps(record))
+    later = {**record, "kernels": {"bwd_dq": {**record["kernels"]["fwd"]}}}  # a later sweep of another kernel
+    (folder / "sweep-20260102T000000Z.json").write_text(json.dumps(later))
     lines = report.sweep_section(report.load_results(tmp_path / "results"))
-    assert "| fwd | 4096-full | 64x64 w8 s2 | 300 | 128x64 w8 s2 | 600 | 2.00x | 1.00x | 2 |" in lines
+    row = "| 4096-full | 64x64 w8 s2 | 300 | 128x64 w8 s2 | 600 | 2.00x | 1.00x | 2 |"
+    assert f"| fwd | bfloat16, 128 {row} `sweep-20260101T000000Z.json` |" in lines
+    assert f"| bwd_dq | bfloat16, 128 {row} `sweep-20260102T000000Z.json` |" in lines

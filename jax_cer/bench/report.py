@@ -384,17 +384,20 @@ def sweep_section(machines: dict) -> list[str]:
     kernel and case, the shipped configuration's and the fastest one's TFLOP/s, against cuDNN."""
     lines: list[str] = []
     for machine, files in sorted(machines.items()):
-        if not files.get("sweep"):
+        newest: dict[str, tuple[Path, dict, dict]] = {}  # kernel -> the newest file that swept it
+        for path, data in reversed(files.get("sweep", [])):
+            for kernel, entry in data.get("kernels", {}).items():
+                newest.setdefault(kernel, (path, data, entry))
+        if not newest:
             continue
-        path, data = files["sweep"][-1]
         lines += [
-            f"### {machine} (`{path.name}`: {data.get('dtype')}, D={data.get('head_dim')})",
+            f"### {machine}",
             "",
-            "| kernel | S, mask | shipped | shipped TFLOP/s | fastest | fastest TFLOP/s | fastest / shipped "
-            "| fastest / cuDNN | candidates timed |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| kernel | dtype, D | S, mask | shipped | shipped TFLOP/s | fastest | fastest TFLOP/s "
+            "| fastest / shipped | fastest / cuDNN | candidates timed | file |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for kernel, entry in data.get("kernels", {}).items():
+        for kernel, (path, data, entry) in newest.items():
             timed = [r for r in entry["candidates"] if r.get("cases")]
             shipped = next((r for r in timed if r["config"] == entry["shipped"]), None)
             for key in entry.get("cudnn_ms", {}):
@@ -408,8 +411,9 @@ def sweep_section(machines: dict) -> list[str]:
                 vs_sh = f"{sh['ms'] / b['ms']:.2f}x" if "ms" in sh else "-"
                 vs_cu = f"{b['vs_cudnn']:.2f}x" if b.get("vs_cudnn") else "-"
                 lines.append(
-                    f"| {kernel} | {key} | {_cfg(entry['shipped'])} | {sh_tf} | {_cfg(best['config'])} | "
-                    f"{b['tflops']:.0f} | {vs_sh} | {vs_cu} | {len(ok)} |"
+                    f"| {kernel} | {data.get('dtype')}, {data.get('head_dim')} | {key} | {_cfg(entry['shipped'])} | "
+                    f"{sh_tf} | {_cfg(best['config'])} | {b['tflops']:.0f} | {vs_sh} | {vs_cu} | {len(ok)} | "
+                    f"`{path.name}` |"
                 )
         lines.append("")
     return lines or ["No block-size sweep yet: it needs a GPU (`python -m repro.gpu_campaign run profile`).", ""]

@@ -162,3 +162,22 @@ def test_sweep_checks_candidates_ahead_of_time(tmp_path) -> None:
 
     tried = candidates("fwd", gpu_config("fwd", "bfloat16", 128))
     assert len(tried) == len(set(tried)) == 36
+
+
+def test_profile_summary_reads_ncu_csv() -> None:
+    from repro.attention_profile import summarize
+
+    head = '"ID","Process ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"\n'
+    rows = [
+        '"0","1","_attn_fwd_kernel","GPU Speed Of Light Throughput","Duration","us","812.3"\n',
+        '"0","1","_attn_fwd_kernel","GPU Speed Of Light Throughput","Compute (SM) Throughput","%","61.2"\n',
+        '"0","1","_attn_fwd_kernel","Launch Statistics","Registers Per Thread","register/thread","131"\n',
+        '"1","1","cudnn_sdpa","GPU Speed Of Light Throughput","Duration","us","500.0"\n',
+        '"1","1","cudnn_sdpa","GPU Speed Of Light Throughput","L1 Hit Rate","%","3"\n',
+    ]
+    text = "==PROF== Connected to process 1\nprofiled flash_attention S=4096\n" + head + "".join(rows)
+    got = summarize(text)
+    assert got[0] == {"id": "0", "kernel": "_attn_fwd_kernel", "Duration": "812.3 us",
+                      "Compute (SM) Throughput": "61.2 %", "Registers Per Thread": "131 register/thread"}  # fmt: skip
+    assert got[1] == {"id": "1", "kernel": "cudnn_sdpa", "Duration": "500.0 us"}
+    assert summarize("no csv here") == []

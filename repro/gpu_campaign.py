@@ -207,7 +207,6 @@ def environment(site: Path | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # PyTorch references share the GPU with JAX
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jax-cer-xla-cache")  # shared by the part's processes
     env.pop("TRITON_INTERPRET", None)
     return env
 

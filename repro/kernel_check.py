@@ -122,7 +122,7 @@ def _reference64(q, k, v, do, lens, causal: bool):
     return out
 
 
-def _low_precision(q, k, v, lens, causal: bool):
+def low_precision_attention(q, k, v, lens, causal: bool):
     """Plain JAX attention computed in the inputs' own dtype (the rule's baseline)."""
     import jax
     import jax.numpy as jnp
@@ -180,7 +180,7 @@ def run_case(case: Case, backend: str, seed: int = 0) -> dict:
         low = (
             None
             if case.dtype == "float32"
-            else _vjp(jax.jit(lambda q, k, v: _low_precision(q, k, v, lens, case.causal)), q, k, v, do)
+            else _vjp(jax.jit(lambda q, k, v: low_precision_attention(q, k, v, lens, case.causal)), q, k, v, do)
         )
     eps = float(jnp.finfo(dtype).eps)
     rows = {}

@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 
 from kernels import flash_attention, xla_attention
+from repro.kernel_check import low_precision_attention
 from tests.attention_reference import assert_close, attention64
 
 # JAX_CER_KERNEL_BACKEND=triton runs the same checks on a GPU (the interpreter needs torch tensors)
@@ -75,22 +76,12 @@ def test_xla_backend_matches_float64() -> None:
         assert_close(name, g, w, FP32_TOL)
 
 
-def _low_precision_attention(q, k, v, causal):
-    """Plain JAX attention computed in the inputs' own low dtype (the rule's baseline)."""
-    sq, sk, d = q.shape[1], k.shape[1], q.shape[-1]
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=q.dtype) * jnp.asarray(d**-0.5, q.dtype)
-    if causal:
-        s = jnp.where(jnp.arange(sk)[None, :] <= jnp.arange(sq)[:, None] + (sk - sq), s, -jnp.inf)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", p, v, preferred_element_type=q.dtype)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 @pytest.mark.parametrize(("causal", "backend"), [(False, KERNEL_BACKEND), (True, KERNEL_BACKEND), (True, "xla")])
 def test_low_precision_flashattention_rule(dtype, causal: bool, backend: str) -> None:
     q, k, v, do = _qkv(2, 97, 130, 2, 64, dtype=dtype, seed=3)
     want = attention64(q, k, v, None, causal, do=do)
-    base = _run(lambda q, k, v: _low_precision_attention(q, k, v, causal), q, k, v, do)
+    base = _run(lambda q, k, v: low_precision_attention(q, k, v, None, causal), q, k, v, do)
     got = _run(flash_attention, q, k, v, do, is_causal=causal, backend=backend)
     eps = float(jnp.finfo(dtype).eps)
     for i, name in enumerate(("out", "dq", "dk", "dv")):

@@ -50,7 +50,7 @@ with jax.default_matmul_precision("highest"):
             params, stats, opt, loss = step(params, stats, opt, frozen, xs, ys, key)
             losses.append(float(loss))
         out[mode] = {"losses": losses,
-                     "leaves": [np.asarray(a).tolist() for a in jax.tree.leaves((params, stats, opt))]}
+                     "leaves": [np.asarray(a) for a in jax.tree.leaves((params, stats, opt))]}
         out[mode + "_devices"] = len(jax.tree.leaves(params)[0].sharding.device_set)
 worst = 0.0
 for a, b in zip(out["single"]["leaves"], out["mesh"]["leaves"], strict=True):

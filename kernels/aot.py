@@ -126,10 +126,8 @@ def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
     return regs, int(spills.group(1)), int(spills.group(2))
 
 
-def compile_one(
-    kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str = "unaligned"
-) -> CompileResult:
-    """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails."""
+def _compile(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str):
+    """Triton's compiled kernel of one configuration for compute capability ``cc``, as jax-triton builds it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -138,13 +136,20 @@ def compile_one(
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
-    t0 = time.perf_counter()
     fn = getattr(require_mode(interpret=False), name)
-    compiled = triton.compile(
+    return triton.compile(
         ASTSource(fn, sig, consts, attrs=pointer_attrs(sig)),
         target=GPUTarget("cuda", cc, 32),
         options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
     )
+
+
+def compile_one(
+    kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str = "unaligned"
+) -> CompileResult:
+    """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails."""
+    t0 = time.perf_counter()
+    compiled = _compile(kernel, dtype, bd, cfg, cc, variant)
     regs, stores, loads = _ptxas_report(compiled.asm["ptx"], cc)
     return CompileResult(
         kernel,
@@ -167,19 +172,7 @@ MEMORY_OPS = ("ld.global.v4", "ld.global.v2", "ld.global.b16", "ld.global.b32", 
 def memory_ops(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str) -> dict[str, int]:
     """How the compiled kernel moves data: counts of global load / store and async-copy instructions
     in its PTX (16-byte ``v4`` accesses and ``cp.async`` pipelining, or one element at a time)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from kernels.loader import require_mode
-
-    name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
-    fn = getattr(require_mode(interpret=False), name)
-    ptx = triton.compile(
-        ASTSource(fn, sig, consts, attrs=pointer_attrs(sig)),
-        target=GPUTarget("cuda", cc, 32),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-    ).asm["ptx"]
+    ptx = _compile(kernel, dtype, bd, cfg, cc, variant).asm["ptx"]
     return {op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in MEMORY_OPS}
 
 

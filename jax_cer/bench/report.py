@@ -424,16 +424,12 @@ def _ratio_rows(files: list[tuple[Path, dict]]) -> dict[tuple[str, str], float]:
     time for models and the text encoder, Triton / cuDNN and Triton / XLA throughput for attention
     (D 128, bf16, not causal), ``so`` / Adam time for the optimizer."""
     rows: dict[tuple[str, str], float] = {}
-    for (component, variant), impls in newest_groups(files, _model_group).items():
-        if "jax" in impls and "torch" in impls:
-            rows[(component, f"{variant}: PyTorch / JAX time")] = (
-                _percentiles(impls["torch"])[0] / _percentiles(impls["jax"])[0]
-            )
-    for (component, variant), impls in newest_groups(files, _loop_group).items():
-        if "jax" in impls and "torch" in impls:
-            rows[(component, f"{variant}: PyTorch / JAX time")] = (
-                _percentiles(impls["torch"])[0] / _percentiles(impls["jax"])[0]
-            )
+    for group in (_model_group, _loop_group):
+        for (component, variant), impls in newest_groups(files, group).items():
+            if "jax" in impls and "torch" in impls:
+                rows[(component, f"{variant}: PyTorch / JAX time")] = (
+                    _percentiles(impls["torch"])[0] / _percentiles(impls["jax"])[0]
+                )
     for (p, d, dt, causal, seq), tf in _attention_points(files).items():
         if d != 128 or dt != "bfloat16" or causal or "flash_attention" not in tf:
             continue

@@ -46,6 +46,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     import jax
 
     from jax_cer.parity import golden
+    from jax_cer.parity.tolerances import TOLERANCES
 
     golden_dir = Path(args.golden_dir) if args.golden_dir else golden.default_golden_dir()
     manifest = golden.load_manifest(golden_dir)
@@ -98,7 +99,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
             "jax": jax.__version__,
             "python": platform.python_version(),
             "golden_dir": str(golden_dir),
-            "tolerances": dict(golden.TOLERANCES),
+            "tolerances": dict(TOLERANCES),
             "results": [r.as_dict() for r in results],
             "passed": not failed,
         }
@@ -114,16 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return runner.main(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jax-cer",
-        description=(
-            "JAX ports of the compound multimodal emotion recognition models, checked against the "
-            "original PyTorch code."
-        ),
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_repro(sub) -> None:
     r = sub.add_parser(
         "repro",
         help="check the models and the SO optimizer against the golden reference files (exit 1 on failure)",
@@ -146,11 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         "encoder and LoRA classifier); repeatable",
     )
     r.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    r.add_argument("--golden-dir", metavar="DIR", help="golden folder (default: repro/golden, or $JAX_CER_GOLDEN)")
+    r.add_argument(
+        "--golden-dir",
+        metavar="DIR",
+        help="golden folder (default: the files shipped in the package, or $JAX_CER_GOLDEN)",
+    )
     r.add_argument("--no-layers", action="store_true", help="skip the per-layer checks (end-to-end and gradients only)")
     r.add_argument("-v", "--verbose", action="store_true", help="print each check's detail line")
     r.set_defaults(func=cmd_repro)
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench",
         help=(
@@ -178,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(func=cmd_bench)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train a fusion or text model (progress, checkpoints, metrics log; resumes where it stopped)",
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="score a training run's best (or latest) checkpoint with the papers' metrics")
     e.add_argument("workdir", help="the work directory of a jax-cer train run")
     e.add_argument("--which", choices=("best", "latest"), default="best", help="which checkpoint (default best)")
@@ -240,14 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--json", metavar="PATH", help="also write the metrics as JSON to PATH")
     e.set_defaults(func=cmd_eval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jax-cer",
+        description=(
+            "JAX ports of the compound multimodal emotion recognition models, checked against the "
+            "original PyTorch code."
+        ),
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_repro, _add_bench, _add_train, _add_eval):
+        add(sub)
     return p
 
 
 def _config_from_args(args: argparse.Namespace):
     import dataclasses
 
-    from jax_cer.text_train import TEXT_CONFIGS
-    from jax_cer.train import CONFIGS
+    from jax_cer.training.fusion import CONFIGS
+    from jax_cer.training.text import TEXT_CONFIGS
 
     every = {**CONFIGS, **TEXT_CONFIGS}
     if args.config not in every:
@@ -283,8 +298,8 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jax_cer.text_train import TEXT_CONFIGS
-    from jax_cer.train import CONFIGS, train
+    from jax_cer.training.fusion import CONFIGS, train
+    from jax_cer.training.text import TEXT_CONFIGS
 
     if args.list:
         for name, cfg in CONFIGS.items():
@@ -323,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_text(cfg, workdir: Path, args: argparse.Namespace) -> int:
-    from jax_cer.text_train import train_text
+    from jax_cer.training.text import train_text
 
     try:
         out = train_text(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
@@ -343,8 +358,8 @@ def _train_text(cfg, workdir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jax_cer.text_train import evaluate_text_checkpoint
-    from jax_cer.train import evaluate_checkpoint
+    from jax_cer.training.fusion import evaluate_checkpoint
+    from jax_cer.training.text import evaluate_text_checkpoint
 
     try:
         cfg_file = Path(args.workdir) / "config.json"

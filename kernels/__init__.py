@@ -1,6 +1,6 @@
 """Fused attention kernels in Triton, callable from JAX.
 
-``from kernels import flash_attention`` (public API, stable)::
+``from jax_cer.kernels import flash_attention`` (public API, stable)::
 
     out = flash_attention(q, k, v, kv_lengths=None, is_causal=False, scale=None, backend="auto")
 
@@ -8,11 +8,7 @@ q ``[B, Sq, H, D]``, k / v ``[B, Sk, H, D]`` -> ``[B, Sq, H, D]``; differentiabl
 vmap-able, and a drop-in ``attention_fn`` for the fusion models and ``flax.nnx`` attention.
 """
 
-from kernels.loader import choose_mode
-
-choose_mode()  # TRITON_INTERPRET=1 on machines without a GPU, before any kernel is defined
-
-from kernels.flash_attention import BACKENDS, flash_attention  # noqa: E402
-from kernels.reference import xla_attention  # noqa: E402
+from jax_cer.kernels.flash_attention import BACKENDS, flash_attention
+from jax_cer.kernels.reference import xla_attention
 
 __all__ = ["BACKENDS", "flash_attention", "xla_attention"]

@@ -13,7 +13,7 @@ moving one element at a time: ``EVEN_D`` (D == BLOCK_D, so the head-dim mask is 
 all-true at compile time) and ``ALIGN`` (a power of two that divides every batch, sequence and
 head stride, in elements; 1 when nothing is known). The caller computes both from the real shapes.
 
-This module is loaded twice by :mod:`kernels.loader`: once with ``TRITON_INTERPRET=1`` (CPU
+This module is loaded twice by :mod:`jax_cer.kernels.loader`: once with ``TRITON_INTERPRET=1`` (CPU
 tests) and once without (GPU, ahead-of-time compilation). It imports nothing but Triton.
 
 Parameter order is fixed for ``jax_triton.triton_call``: input arrays, runtime scalars, then the

@@ -10,7 +10,7 @@ contiguous arrays, where loads vectorize and pipeline, which costs shared memory
 jax-triton compiles: array pointers 16-byte aligned, and scalar arguments equal to 1 (the head
 dim's stride of contiguous arrays) specialized as constants.
 
-Run ``python -m kernels.aot --json PATH`` to write the table (``jax-cer bench`` reports it in
+Run ``python -m jax_cer.kernels.aot --json PATH`` to write the table (``jax-cer bench`` reports it in
 BENCHMARKS.md); ``tests/test_kernels_aot.py`` asserts that everything compiles, nothing spills
 and the shared memory fits the chip.
 """
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kernels.configs import KernelConfig, shipped
+from jax_cer.kernels.configs import KernelConfig, shipped
 
 TARGETS = {80: "sm_80 (A100)", 90: "sm_90 (H100/H200)"}
 SHARED_LIMIT = {80: 166912, 90: 232448}
@@ -132,7 +132,7 @@ def _compile(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, varia
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.loader import require_mode
+    from jax_cer.kernels.loader import require_mode
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
@@ -208,7 +208,7 @@ def table(results: list[CompileResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        print("kernels.aot compiles for GPU targets: run it with TRITON_INTERPRET=0", file=sys.stderr)
+        print("jax_cer.kernels.aot compiles for GPU targets: run it with TRITON_INTERPRET=0", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(description="Compile every shipped attention kernel for sm_80 and sm_90.")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")

@@ -1,10 +1,10 @@
 """Block sizes of the attention kernels, per head-dim bucket and dtype.
 
 A *configuration* is (kernel, dtype, padded head dim ``BLOCK_D``): these are what the package
-ships, what the ahead-of-time check compiles for sm_80 and sm_90 (:mod:`kernels.aot`), and what
+ships, what the ahead-of-time check compiles for sm_80 and sm_90 (:mod:`jax_cer.kernels.aot`), and what
 a GPU launch uses. The CPU interpreter uses one large-tile configuration (its time is per program).
 No autotuning here: :func:`override` lets a sweep (``python -m repro.attention_sweep``) time
-alternatives on a GPU, and ``kernels.aot`` checks their resources without one.
+alternatives on a GPU, and ``jax_cer.kernels.aot`` checks their resources without one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def block_d(head_dim: int) -> int:
 
 
 # (kernel, "16" for float16 / bfloat16 or "32" for float32, BLOCK_D) -> (BLOCK_M, BLOCK_N, warps, stages).
-# Chosen from an ahead-of-time sweep (python -m kernels.aot compiles them) as the largest tiles
+# Chosen from an ahead-of-time sweep (python -m jax_cer.kernels.aot compiles them) as the largest tiles
 # that compile for both sm_80 and sm_90, in both the aligned (vectorized, pipelined) and the
 # unaligned (odd D) variant, without register spills and within shared memory; not yet tuned for
 # speed on a GPU (python -m repro.attention_sweep is the tool for that). dK/dV programs own

@@ -6,7 +6,7 @@ Backends:
   imported only on this path).
 * ``interpret``: the same kernel source in Triton's interpreter on the CPU, bridged with
   ``jax.pure_callback`` (needs torch, whose tensors the interpreter takes). For tests: slow.
-* ``xla``: plain JAX with the same semantics (:mod:`kernels.reference`).
+* ``xla``: plain JAX with the same semantics (:mod:`jax_cer.kernels.reference`).
 * ``auto``: ``triton`` on a GPU, ``xla`` otherwise.
 
 The kernel backends share one ``jax.custom_vjp``: the forward saves the log-sum-exp, the
@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.configs import INTERPRET_CONFIG, KernelConfig, block_d, gpu_config
-from kernels.loader import require_mode
-from kernels.reference import xla_attention
+from jax_cer.kernels.configs import INTERPRET_CONFIG, KernelConfig, block_d, gpu_config
+from jax_cer.kernels.loader import require_mode
+from jax_cer.kernels.reference import xla_attention
 
 BACKENDS = ("auto", "triton", "interpret", "xla")
 KERNEL_DTYPES = {

@@ -63,7 +63,7 @@ def inner(seqs: list[int], d: int) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from kernels import flash_attention
+    from jax_cer.kernels import flash_attention
 
     heads, tokens = 16, 16384
     for s in seqs:

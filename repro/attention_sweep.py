@@ -6,8 +6,8 @@
 For each kernel (the forward, and the backward's dK/dV and dQ kernels) at one dtype and head dim
 (default bf16, D=128), the candidates are BLOCK_M x BLOCK_N x warps x stages around the shipped
 configuration (``kernels/configs.py``). Each is first compiled ahead of time for sm_90 and dropped
-if it spills registers or needs more shared memory than the chip has (``kernels.aot``). The rest
-are timed on the GPU through :func:`kernels.configs.override` on the benchmark's shapes (B*S = 16k
+if it spills registers or needs more shared memory than the chip has (``jax_cer.kernels.aot``). The rest
+are timed on the GPU through :func:`jax_cer.kernels.configs.override` on the benchmark's shapes (B*S = 16k
 tokens, 16 heads, S = 4k and 16k, causal and not): the forward alone for ``fwd``, forward and
 backward for the backward kernels, medians of wall-clock time around ``block_until_ready`` with
 three rotating input sets. Each figure is given as TFLOP/s and as a ratio to the shipped
@@ -34,7 +34,7 @@ SHARED_TARGET = 90
 
 def candidates(kernel: str, shipped) -> list:
     """The configurations tried for ``kernel`` (the shipped one first)."""
-    from kernels.configs import KernelConfig
+    from jax_cer.kernels.configs import KernelConfig
 
     if kernel == "fwd":
         grid = itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4))
@@ -46,7 +46,7 @@ def candidates(kernel: str, shipped) -> list:
 
 
 def _compile(args):
-    from kernels.aot import compile_one
+    from jax_cer.kernels.aot import compile_one
 
     kernel, dtype, bd, cfg = args
     try:
@@ -95,7 +95,7 @@ def _fn(kernel: str, impl: str, causal: bool):
 
     import jax
 
-    from kernels import flash_attention
+    from jax_cer.kernels import flash_attention
 
     if impl == "cudnn":
         attn = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn")
@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "0"  # compile for a GPU target, also on a CPU machine
     t0 = time.perf_counter()
 
-    import kernels  # noqa: F401  (chooses the Triton mode before any kernel module is imported)
-    from jax_cer.bench.machine import machine_record
-    from kernels.configs import KernelConfig, block_d, gpu_config, override
+    from jax_cer.kernels.configs import KernelConfig, block_d, gpu_config, override
+    from jax_cer.machine import machine_record
 
     bd = block_d(args.head_dim)
     seqs = [int(s) for s in args.seqs.split(",")]

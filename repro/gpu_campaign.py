@@ -322,7 +322,7 @@ def run_part(args: argparse.Namespace) -> int:
     for line in wrong:
         print("problem:", line, file=sys.stderr)
     sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in sys.path]
-    from jax_cer.bench.machine import machine_record, machine_slug
+    from jax_cer.machine import machine_record, machine_slug
 
     record = machine_record()
     machine = machine_slug(record)

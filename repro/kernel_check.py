@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_cer.parity.attention import attention64, low_precision_attention
+from jax_cer.parity.tolerances import TOLERANCES, flash_rule_bound
+
 SEQS = (512, 1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS = (64, 128)
 DTYPES = ("bfloat16", "float16")
-FP32_TOL = 1e-5
 NAMES = ("out", "dq", "dk", "dv")
 
 
@@ -75,7 +77,7 @@ def plan(
     return sorted(cases, key=lambda c: c.b * c.h * c.sq * c.sk * c.d)
 
 
-# -- the float64 reference (same semantics as kernels.reference) --------------------------------
+# -- the float64 reference (same semantics as jax_cer.kernels.reference) --------------------------------
 def _reference64(q, k, v, do, lens, causal: bool):
     """out, dq, dk, dv in float64: torch on the GPU if one is there, else numpy."""
     try:
@@ -85,9 +87,6 @@ def _reference64(q, k, v, do, lens, causal: bool):
     except ImportError:
         torch, dev = None, None
     if dev is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from tests.attention_reference import attention64
-
         return attention64(q, k, v, lens, causal, do=do)
     t = [torch.from_numpy(np.asarray(x, np.float64)).to(dev) for x in (q, k, v, do)]
     q64, k64, v64, do64 = t
@@ -122,28 +121,6 @@ def _reference64(q, k, v, do, lens, causal: bool):
     return out
 
 
-def low_precision_attention(q, k, v, lens, causal: bool):
-    """Plain JAX attention computed in the inputs' own dtype (the rule's baseline)."""
-    import jax
-    import jax.numpy as jnp
-
-    sq, sk, d = q.shape[1], k.shape[1], q.shape[-1]
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=q.dtype) * jnp.asarray(d**-0.5, q.dtype)
-    j = jnp.arange(sk)
-    ok = jnp.ones((1, 1, sq, sk), bool)
-    if causal:
-        ok = ok & (j[None, :] <= jnp.arange(sq)[:, None] + (sk - sq))
-    if lens is not None:
-        ok = ok & (j < lens[:, None, None, None])
-    s = jnp.where(ok, s, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0)
-    p = jnp.where(ok, jnp.exp(s - m), 0)
-    total = jnp.sum(p, axis=-1, keepdims=True)
-    p = (p / jnp.where(total > 0, total, 1)).astype(q.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", p, v, preferred_element_type=q.dtype)
-
-
 def _vjp(fn, q, k, v, do):
     import jax
 
@@ -155,7 +132,7 @@ def run_case(case: Case, backend: str, seed: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from kernels import flash_attention
+    from jax_cer.kernels import flash_attention
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -182,17 +159,16 @@ def run_case(case: Case, backend: str, seed: int = 0) -> dict:
             if case.dtype == "float32"
             else _vjp(jax.jit(lambda q, k, v: low_precision_attention(q, k, v, lens, case.causal)), q, k, v, do)
         )
-    eps = float(jnp.finfo(dtype).eps)
     rows = {}
     for i, name in enumerate(NAMES):
         err = float(np.max(np.abs(got[i] - ref[i]))) if got[i].size else 0.0
         nan = bool(np.isnan(got[i]).any())
         if low is None:
-            low_err, bound = None, FP32_TOL
+            low_err, bound = None, TOLERANCES["kernel_fp32"]
         else:
             low_err = float(np.max(np.abs(low[i] - ref[i]))) if low[i].size else 0.0
-            floor = eps * float(np.max(np.abs(ref[i]))) if ref[i].size else 0.0
-            bound = (2 if name == "out" else 3) * low_err + floor
+            ref_max = float(np.max(np.abs(ref[i]))) if ref[i].size else 0.0
+            bound = flash_rule_bound(name, low_err, ref_max, dtype)
         rows[name] = {
             "error": err,
             "low_precision_error": low_err,
@@ -235,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    import kernels  # noqa: F401  (sets TRITON_INTERPRET before any kernel module is imported)
-    from jax_cer.bench.machine import machine_record
+    from jax_cer.machine import machine_record
 
     backend = args.backend
     if backend == "auto":
@@ -254,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_record(),
         "backend": backend,
         "rule": "FlashAttention rule against float64: error <= 2x (out) / 3x (dq, dk, dv) the plain-JAX "
-        f"low-precision error + eps*max|ref|; float32 <= {FP32_TOL:g}",
+        f"low-precision error + eps*max|ref|; float32 <= {TOLERANCES['kernel_fp32']:g}",
         "planned": len(cases),
         "cases": [],
         "not_run": [],

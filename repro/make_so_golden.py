@@ -2,7 +2,7 @@
 
 Run from the repository root (needs torch): ``python repro/make_so_golden.py``. Inputs (initial
 parameters, per-step gradients, injected masks) come from ``jax_cer/parity/so_trajectory.py`` with
-the recorded seed and are not stored. For every step the file ``repro/golden/so/trajectory.npz``
+the recorded seed and are not stored. For every step the file ``jax_cer/parity/golden/so/trajectory.npz``
 holds each parameter after the step (``W<i>`` as ``[steps, *shape]``), and for sparse leaves the
 support (sorted flat indices) and the first and second moments on it (``support<i>``, ``m<i>``,
 ``v<i>`` as ``[steps, k]``), for the dense leaf its moments. ``manifest.json`` beside it records
@@ -26,9 +26,9 @@ if str(ROOT) not in sys.path:
 
 from jax_cer.parity import so_trajectory as traj  # noqa: E402
 from jax_cer.parity.weights import sha256  # noqa: E402
-from repro.reference.so import SO  # noqa: E402
+from jax_cer.reference.so import SO  # noqa: E402
 
-OUT = ROOT / "repro" / "golden" / "so"
+OUT = ROOT / "jax_cer" / "parity" / "golden" / "so"
 
 
 def run(cfg=traj.CONFIG) -> dict[str, np.ndarray]:

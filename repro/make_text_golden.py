@@ -1,4 +1,4 @@
-"""Golden outputs of the text encoder and the LoRA classifier from the PyTorch side -> repro/golden/text/.
+"""Golden outputs of the text encoder and the LoRA classifier from the PyTorch side -> jax_cer/parity/golden/text/.
 
     python repro/make_text_golden.py
 
@@ -8,7 +8,7 @@ float32 on the CPU, on the fixed sentences below (written for this file; no data
 
 - ``encoder``: token ids and attention mask (transformers' tokenizer, padded to the longest),
   every hidden state (embeddings, layers 1-6) at the real tokens (packed) and the sentence embeddings;
-- ``lora``: :mod:`repro.reference.text` (PEFT's LoRA on ``query`` and ``value``, r 4, alpha 8,
+- ``lora``: :mod:`jax_cer.reference.text` (PEFT's LoRA on ``query`` and ``value``, r 4, alpha 8,
   rsLoRA) starting from factors and a head that both sides draw from the seed
   (``jax_cer.parity.text_golden.lora_start``; B non-zero), mean pooling, in eval mode: logits,
   mean cross-entropy, and one step of the original recipe (``clip_grad_norm_(0.3)``, then
@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / "repro" / "golden" / "text"
+OUT = ROOT / "jax_cer" / "parity" / "golden" / "text"
 SENTENCES = [
     "Oh my God, you got the job!",
     "Well... that's just great, isn't it.",
@@ -51,8 +51,8 @@ def main() -> int:
 
     from jax_cer.parity.text_golden import file_sha256 as sha256
     from jax_cer.parity.text_golden import lora_start
+    from jax_cer.reference.text import MeanPoolClassifier, sgd_clip_step, wrap_lora
     from jax_cer.text import default_checkpoint
-    from repro.reference.text import MeanPoolClassifier, sgd_clip_step, wrap_lora
 
     torch.manual_seed(SEED)
     path = default_checkpoint()

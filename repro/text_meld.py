@@ -5,7 +5,7 @@
     python -m repro.text_meld --part fewshot       # 4/8/16 shots x seeds 0-2 x full/LoRA/SO, same step budget
     python -m repro.text_meld --smoke              # a tiny version (CI): 2 steps per run on 32 utterances
 
-Each run is ``jax_cer.text_train.train_text`` on a named configuration (``meld-text-*`` and
+Each run is ``jax_cer.training.text.train_text`` on a named configuration (``meld-text-*`` and
 ``meld-fewshot-*``, see ``jax-cer train --list``) in ``<workdir>/<run>``; a finished run leaves
 ``result.json`` there and is not run again. The results go to ``--out`` (default
 ``repro/results/text/meld-<machine>.json``): every run's dev and test accuracy and weighted F1,
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import jax
 
-from jax_cer.text_train import TEXT_CONFIGS, train_text
+from jax_cer.training.text import TEXT_CONFIGS, train_text
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("full", "lora", "so")
 
 
 def _machine() -> str:
-    from jax_cer.bench.machine import machine_record, machine_slug
+    from jax_cer.machine import machine_record, machine_slug
 
     return machine_slug(machine_record())
 
@@ -70,8 +70,8 @@ def majority_baseline(data_dir: str | None) -> dict:
     import numpy as np
 
     from jax_cer import metrics
-    from jax_cer.text_train import MELD_FILES, default_meld_dir, read_meld_split
-    from jax_cer.textualize import MELD_TEXT_LABELS
+    from jax_cer.text.textualize import MELD_TEXT_LABELS
+    from jax_cer.training.text import MELD_FILES, default_meld_dir, read_meld_split
 
     root = Path(data_dir) if data_dir else default_meld_dir()
     _, train = read_meld_split(root / MELD_FILES["train"])

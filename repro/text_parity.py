@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_cer.parity.tolerances import TOLERANCES
+
 REPO = Path(__file__).resolve().parent.parent
-TOLERANCE = 1e-5
+TOLERANCE = TOLERANCES["text_layer"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from sentence_transformers import SentenceTransformer
 
-    from jax_cer.bench.machine import machine_record, machine_slug
+    from jax_cer.machine import machine_record, machine_slug
     from jax_cer.text import SentenceEncoder, default_checkpoint
-    from jax_cer.text_train import MELD_FILES, default_meld_dir
+    from jax_cer.training.text import MELD_FILES, default_meld_dir
 
     path = args.checkpoint or default_checkpoint()
     import csv
@@ -109,9 +111,9 @@ def random_init_parity(seed: int, n: int, out: Path | None) -> int:
     import torch
     import transformers
 
-    from jax_cer.bench.machine import machine_record, machine_slug
+    from jax_cer.machine import machine_record, machine_slug
+    from jax_cer.reference.text import random_bert_checkpoint
     from jax_cer.text import l2_normalize, load_bert, mean_pool
-    from repro.reference.text import random_bert_checkpoint
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False

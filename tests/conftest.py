@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
+import jax
 import pytest
+
+# Triton fixes interpreter-or-compiled when it is first imported, and some test modules import it at
+# collection: on a machine without a GPU, choose the interpreter before any of them (as the kernels do
+# at their first call).
+if "TRITON_INTERPRET" not in os.environ and jax.default_backend() != "gpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

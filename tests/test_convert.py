@@ -203,7 +203,7 @@ def test_package_never_imports_torch_at_module_level() -> None:
                     names = [node.module]
                 assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{path} imports torch"
     code = (
-        "import sys, jax_cer.models, jax_cer.cli, jax_cer.parity.golden, kernels, kernels.aot; "
+        "import sys, jax_cer.models, jax_cer.cli, jax_cer.parity.golden, kernels, jax_cer.kernels.aot; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

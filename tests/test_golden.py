@@ -1,6 +1,6 @@
 """Parity of every model against the committed golden files of the PyTorch reference.
 
-Tolerances live in ``jax_cer.parity.golden.TOLERANCES``: per layer 1e-5 (each stored
+Tolerances live in ``jax_cer.parity.tolerances.TOLERANCES``: per layer 1e-5 (each stored
 intermediate from the reference values of its inputs), end to end 1e-4, gradients 1e-4
 relative (float64), training-mode BatchNorm statistics 1e-4. Regenerate the files with
 ``python repro/make_golden.py``.

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-import kernels  # noqa: F401  (TRITON_INTERPRET before anything imports triton)
 from repro import gpu_campaign, kernel_check
 
 
@@ -94,7 +93,7 @@ def test_smoke_run_writes_the_kernel_check_and_collect_files_it(tmp_path, monkey
 
 def test_kernel_check_fails_a_wrong_kernel(monkeypatch) -> None:
     """The rule bites: attention with a 2% wrong scale is outside 2x the low-precision error."""
-    import kernels as k
+    import jax_cer.kernels as k
 
     real = k.flash_attention
     monkeypatch.setattr(
@@ -128,7 +127,7 @@ def test_a_parts_benchmark_files_are_joined_into_one(tmp_path) -> None:
 
 
 def test_config_override_is_scoped_and_validated() -> None:
-    from kernels.configs import KernelConfig, gpu_config, override
+    from jax_cer.kernels.configs import KernelConfig, gpu_config, override
 
     shipped = gpu_config("fwd", "bfloat16", 128)
     other = KernelConfig(128, 32, 4, 4)
@@ -158,7 +157,7 @@ def test_sweep_checks_candidates_ahead_of_time(tmp_path) -> None:
     rows = json.loads(out.read_text())["kernels"]["fwd"]["candidates"]
     assert rows[0]["config"] == json.loads(out.read_text())["kernels"]["fwd"]["shipped"] and rows[0]["viable"]
     assert len(rows) == 2 and all(r["resources"]["registers"] > 0 for r in rows)
-    from kernels.configs import gpu_config
+    from jax_cer.kernels.configs import gpu_config
 
     tried = candidates("fwd", gpu_config("fwd", "bfloat16", 128))
     assert len(tried) == len(set(tried)) == 36

@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kernels import flash_attention, xla_attention
-from repro.kernel_check import low_precision_attention
-from tests.attention_reference import assert_close, attention64
+from jax_cer.kernels import flash_attention, xla_attention
+from jax_cer.parity.attention import attention64, low_precision_attention
+from jax_cer.parity.tolerances import TOLERANCES, flash_rule_bound
+from tests.kernel_asserts import assert_close
 
 # JAX_CER_KERNEL_BACKEND=triton runs the same checks on a GPU (the interpreter needs torch tensors)
 KERNEL_BACKEND = os.environ.get("JAX_CER_KERNEL_BACKEND", "interpret")
 pytestmark = pytest.mark.torch if KERNEL_BACKEND == "interpret" else []
 interp = functools.partial(flash_attention, backend=KERNEL_BACKEND)
-FP32_TOL = 1e-5
+FP32_TOL = TOLERANCES["kernel_fp32"]
 
 
 def _qkv(b, sq, sk, h, d, dtype=np.float32, seed=0):
@@ -83,13 +84,11 @@ def test_low_precision_flashattention_rule(dtype, causal: bool, backend: str) ->
     want = attention64(q, k, v, None, causal, do=do)
     base = _run(lambda q, k, v: low_precision_attention(q, k, v, None, causal), q, k, v, do)
     got = _run(flash_attention, q, k, v, do, is_causal=causal, backend=backend)
-    eps = float(jnp.finfo(dtype).eps)
     for i, name in enumerate(("out", "dq", "dk", "dv")):
         ref = np.asarray(want[i], np.float64)
-        base_err = np.max(np.abs(np.asarray(base[i], np.float64) - ref))
+        base_err = float(np.max(np.abs(np.asarray(base[i], np.float64) - ref)))
         err = np.max(np.abs(np.asarray(got[i], np.float64) - ref))
-        floor = eps * np.max(np.abs(ref))
-        bound = (2 if name == "out" else 3) * base_err + floor
+        bound = flash_rule_bound(name, base_err, float(np.max(np.abs(ref))), dtype)
         assert got[i].dtype == dtype
         assert err <= bound, (
             f"{name} {jnp.dtype(dtype).name}: kernel error {err:.3e} > {bound:.3e} (plain JAX {base_err:.3e})"
@@ -224,7 +223,7 @@ def test_xla_backend_serves_masks_and_bias() -> None:
 def test_launch_hints_follow_the_real_strides() -> None:
     """``ALIGN`` divides every batch / sequence / head stride (else the kernel's alignment claim
     would be false); ``EVEN_D`` only when the head dim fills its tile."""
-    from kernels.flash_attention import _contiguous_strides, _hints, alignment
+    from jax_cer.kernels.flash_attention import _contiguous_strides, _hints, alignment
 
     for shape, want in [((2, 97, 3, 128), 16), ((1, 7, 2, 64), 16), ((2, 33, 2, 24), 8), ((2, 7, 2, 59), 1)]:
         strides = _contiguous_strides(shape)

@@ -21,7 +21,7 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
     out = tmp_path / "aot.json"
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.aot", "--json", str(out)],
+        [sys.executable, "-m", "jax_cer.kernels.aot", "--json", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -30,9 +30,9 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
     )
     with capsys.disabled():
         print("\n" + proc.stdout)
-    assert out.is_file(), f"kernels.aot failed:\n{proc.stderr[-3000:]}"
+    assert out.is_file(), f"jax_cer.kernels.aot failed:\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
-    from kernels.configs import shipped
+    from jax_cer.kernels.configs import shipped
 
     assert len(data["results"]) == 4 * len(shipped())  # sm_80 and sm_90, aligned and unaligned
     assert {r["cc"] for r in data["results"]} == {80, 90}
@@ -52,8 +52,8 @@ def test_aligned_head_dims_vectorize_and_pipeline() -> None:
     """D == BLOCK_D with 16-aligned strides (every model's case): 16-byte loads and stores and
     asynchronous copies, never one bf16 element at a time; an odd D falls back to element loads."""
     code = (
-        "from kernels.aot import memory_ops\n"
-        "from kernels.configs import gpu_config\n"
+        "from jax_cer.kernels.aot import memory_ops\n"
+        "from jax_cer.kernels.configs import gpu_config\n"
         "import json\n"
         "cfg = gpu_config('fwd', 'bfloat16', 128)\n"
         "print(json.dumps({v: memory_ops('fwd', 'bfloat16', 128, cfg, 90, v) for v in ('aligned', 'unaligned')}))\n"

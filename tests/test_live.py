@@ -2,7 +2,7 @@
 the evaluation paths on awkward clip lengths (spec §9: n < 300, 300, 301, 650, a prime).
 
 Seeds default to fixed values distinct from the golden files'; set ``JAX_CER_LIVE_SEED`` to
-try others. Every check uses the tolerances of ``jax_cer.parity.golden.TOLERANCES``.
+try others. Every check uses the tolerances of ``jax_cer.parity.tolerances.TOLERANCES``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from flax import nnx
 
 from jax_cer.models import build_model, from_original_state_dict, sliding_window_logits, torch_entries
 from jax_cer.parity import golden
+from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.parity.weights import draw_state_dict
-from jax_cer.train_step import make_forward
+from jax_cer.training.step import make_forward
 
 torch = pytest.importorskip("torch")
-from repro.make_golden import make_case
-from repro.reference import build_reference, lfan_sliding_window
+from jax_cer.reference import build_reference, lfan_sliding_window
+from jax_cer.reference.golden_cases import make_case
 
 pytestmark = [pytest.mark.torch, pytest.mark.live]
 SEED = int(os.environ.get("JAX_CER_LIVE_SEED", "77"))
@@ -80,7 +81,7 @@ def test_whole_clip_eval_on_awkward_lengths(name: str, lengths) -> None:
         with jax.default_matmul_precision("highest"):
             got = forward(state, {m: jnp.asarray(v) for m, v in x.items()})
         err = float(np.max(np.abs(np.asarray(got) - expected)))
-        assert err <= golden.TOLERANCES["forward"], f"{name} n={n}: max error {err:.2e}"
+        assert err <= TOLERANCES["forward"], f"{name} n={n}: max error {err:.2e}"
 
 
 def test_lfan_sliding_window_matches_reference() -> None:
@@ -97,4 +98,4 @@ def test_lfan_sliding_window_matches_reference() -> None:
             )
         assert got.shape == expected.shape == (1, max(n, 300), 7)
         err = float(np.max(np.abs(np.asarray(got) - expected)))
-        assert err <= golden.TOLERANCES["forward"], f"n={n}: max error {err:.2e}"
+        assert err <= TOLERANCES["forward"], f"n={n}: max error {err:.2e}"

@@ -21,8 +21,8 @@ import json
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from jax_cer.models import build_model
-from jax_cer.parallel import data_mesh, replicate, shard_batch
-from jax_cer.train_step import make_train_step, sgd_nesterov
+from jax_cer.training.parallel import data_mesh, replicate, shard_batch
+from jax_cer.training.step import make_train_step, sgd_nesterov
 
 assert len(jax.devices()) == 4, jax.devices()
 name, batch, frames = "can", 8, 40
@@ -77,7 +77,7 @@ def test_step_on_four_devices_equals_one_device() -> None:
 def test_shard_batch_names_a_batch_that_does_not_split() -> None:
     import jax
 
-    from jax_cer.parallel import data_mesh, shard_batch
+    from jax_cer.training.parallel import data_mesh, shard_batch
 
     mesh = data_mesh(jax.devices()[:1])
     assert shard_batch({"x": np.zeros((3, 2))}, mesh)["x"].shape == (3, 2)

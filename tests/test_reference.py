@@ -1,4 +1,4 @@
-"""Checks of the PyTorch reference (``repro.reference``) against the spec ``shared/spec/fusion-models.md``.
+"""Checks of the PyTorch reference (``jax_cer.reference``) against the spec ``shared/spec/fusion-models.md``.
 
 - state-dict keys, shapes and dtypes equal the original's listings ``original-state-dicts/*.tsv``, in order;
 - parameter counts equal spec §2.2 / §4.4;
@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from repro.reference import (
+from jax_cer.reference import (
     build_reference,
     lfan_sliding_window,
     windows,

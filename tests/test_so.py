@@ -14,11 +14,10 @@ import pytest
 
 from jax_cer.optim import random_subset, so, sparse_k
 from jax_cer.parity import so_trajectory as traj
-from jax_cer.parity.golden import GoldenFileError
-from tests.conftest import REPO
+from jax_cer.parity.golden import GoldenFileError, default_golden_dir
 from tests.so_reference import DenseSO
 
-GOLDEN = REPO / "repro" / "golden" / "so"
+GOLDEN = default_golden_dir() / "so"
 W0 = np.array([[1.0, -2.0, 0.5], [0.25, -1.5, 3.0]])
 G = [
     np.array([[0.3, -1.2, 0.8], [-0.5, 2.0, 0.1]]),

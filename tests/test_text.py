@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import kernels  # noqa: F401  (before anything imports triton: sets TRITON_INTERPRET=1 on a CPU)
-from jax_cer.lora import LoRALinear, LoRAParam, apply_lora, lora_trainable, matches, merge_lora
 from jax_cer.text import (
     BertConfig,
     BertModel,
@@ -25,6 +23,7 @@ from jax_cer.text import (
     load_bert,
     state_dict,
 )
+from jax_cer.text.lora import LoRALinear, LoRAParam, apply_lora, lora_trainable, matches, merge_lora
 
 MELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
 TINY = BertConfig(
@@ -172,8 +171,8 @@ def test_flash_attention_fn_matches_default(tmp_path: Path) -> None:
 @pytest.mark.torch
 def test_flash_attention_interpreted_kernel(tmp_path: Path) -> None:
     """The Triton kernel itself (CPU interpreter) inside the encoder, padding as kv_lengths."""
+    from jax_cer.kernels.loader import interpreting
     from jax_cer.text import flash_attention_fn
-    from kernels.loader import interpreting
 
     if not interpreting():
         pytest.skip("TRITON_INTERPRET is not 1 in this process")
@@ -214,7 +213,7 @@ def test_lora_targets_init_and_scaling() -> None:
 def test_lora_merged_equals_unmerged_and_only_lora_trains() -> None:
     import optax
 
-    from jax_cer.text_train import make_text_step
+    from jax_cer.training.text import make_text_step
 
     model = _tiny_classifier()
     apply_lora(model, ["query", "value"], rank=4, alpha=8, dropout=0.05, rslora=True, rngs=nnx.Rngs(2))

@@ -1,4 +1,4 @@
-"""Text-model training (jax_cer.text_train): MELD reading, few-shot sampling, configurations, and a
+"""Text-model training (jax_cer.training.text): MELD reading, few-shot sampling, configurations, and a
 smoke run through ``jax-cer train`` with resume and ``jax-cer eval``."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jax_cer.cli import main
-from jax_cer.text_train import (
+from jax_cer.text.textualize import MELD_TEXT_LABELS
+from jax_cer.training.text import (
     TEXT_CONFIGS,
     TextTrainConfig,
     few_shot_indices,
@@ -20,7 +21,6 @@ from jax_cer.text_train import (
     read_meld_split,
     so_dense_flags,
 )
-from jax_cer.textualize import MELD_TEXT_LABELS
 
 MELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
 
@@ -107,7 +107,7 @@ def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
     """The CI smoke run of meld-text-lora (28 utterances per split; the synthetic sentences when MELD
     is absent): stops after 3 steps, resumes to the end through the CLI, scores the best checkpoint."""
     _checkpoint_or_skip()
-    from jax_cer.text_train import train_text
+    from jax_cer.training.text import train_text
 
     work = tmp_path / "run"
     name, small = "synthetic-text", {}
@@ -134,7 +134,7 @@ def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
 
 
 def test_non_finite_loss_names_the_last_checkpoint(tmp_path: Path) -> None:
-    from jax_cer.train import finite_loss
+    from jax_cer.training.fusion import finite_loss
 
     class Latest:
         def latest_step(self):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from jax_cer.textualize import (
+from jax_cer.text.textualize import (
     AU_NAMES,
     EMOTION_COLUMNS,
     MELD_FEATURE_TO_TEXT,

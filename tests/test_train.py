@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cer.train import TrainConfig, _managers, build, restore, train
+from jax_cer.training.fusion import TrainConfig, build, checkpoint_managers, restore, train
 from tests.conftest import REPO
 
 # 7 train clips of 100 frames -> windows [0, 60), [40, 100): 14 windows, 7 steps per epoch
@@ -31,7 +31,7 @@ CFG = TrainConfig(
 
 
 def _state(workdir):
-    latest, _ = _managers(workdir, CFG.keep)
+    latest, _ = checkpoint_managers(workdir, CFG.keep)
     _, _, _, init, _ = build(CFG)
     (params, stats, opt), meta = restore(latest, init)
     return [np.asarray(x) for x in jax.tree.leaves((params, stats, opt))], meta
@@ -65,7 +65,7 @@ def test_resume_is_bit_identical(uninterrupted, tmp_path) -> None:
 CRASH = r"""
 import dataclasses, os, sys
 import orbax.checkpoint as ocp
-from jax_cer.train import train
+from jax_cer.training.fusion import train
 from tests.test_train import CFG
 
 original = ocp.JsonCheckpointHandler._save_fn
@@ -86,7 +86,7 @@ def test_crash_during_save_keeps_the_last_good_checkpoint(uninterrupted, tmp_pat
         [sys.executable, "-c", CRASH, str(tmp_path)], check=False, cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 17, proc.stderr[-3000:]
-    latest, _ = _managers(tmp_path, CFG.keep)
+    latest, _ = checkpoint_managers(tmp_path, CFG.keep)
     assert latest.latest_step() == 2  # the save of step 4 never completed
     leftovers = [p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()]
     assert any(name != "2" for name in leftovers), leftovers  # the interrupted save left a temporary folder

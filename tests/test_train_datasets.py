@@ -15,8 +15,16 @@ from flax import nnx
 from jax_cer.data.pipeline import zscore_stats
 from jax_cer.models import from_original_state_dict, torch_entries
 from jax_cer.parity.weights import draw_state_dict
-from jax_cer.train import TrainConfig, _targets, build, build_run_model, evaluate_checkpoint, score, train
-from jax_cer.train_step import cross_entropy, parameter_paths, unreached_parameters
+from jax_cer.training.fusion import (
+    TrainConfig,
+    build,
+    build_run_model,
+    evaluate_checkpoint,
+    frame_targets,
+    score,
+    train,
+)
+from jax_cer.training.step import cross_entropy, parameter_paths, unreached_parameters
 from tests.test_data_builders import BAH_SPLITS, BAH_YAML, CEXPR_SPLITS, CEXPR_YAML, write_layout
 
 
@@ -75,9 +83,9 @@ def test_cexpr_with_other(tmp_path: Path) -> None:
     assert evaluate_checkpoint(tmp_path / "run", "latest", "test") == pytest.approx(val, rel=1e-12)
 
     # CAN's conv_c never reaches the loss: PyTorch skips it (no decay, no momentum), so must we
-    from jax_cer.train import _managers, restore
+    from jax_cer.training.fusion import checkpoint_managers, restore
 
-    latest, _ = _managers(tmp_path / "run", cfg.keep)
+    latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
     (params, _, _), _ = restore(latest, template)
     before, after = _leaves(init), _leaves(params)
@@ -121,9 +129,9 @@ def test_bah_frames_global_supervision(tmp_path: Path) -> None:
     assert set(out["val"]) == {"loss", "accuracy", "f1_0", "f1_1", "avgf1", "weighted_f1", "ap"}
     assert out["val"]["avgf1"] == pytest.approx((out["val"]["f1_0"] + out["val"]["f1_1"]) / 2)
     # in training mode the frozen IR-50's BatchNorm statistics drift (its weights stay as loaded)
-    from jax_cer.train import _managers, restore
+    from jax_cer.training.fusion import checkpoint_managers, restore
 
-    latest, _ = _managers(tmp_path / "run", cfg.keep)
+    latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
     (_, stats, _), _ = restore(latest, template)
     drift = {p: v for p, v in _leaves(stats).items() if p[:2] == ("spatial", "visual") and "mean" in p[-2:]}
@@ -135,8 +143,8 @@ def test_bah_frames_global_supervision(tmp_path: Path) -> None:
 def test_global_supervision_targets() -> None:
     batch = {"label": np.array([[0, 0, 1, 0], [0, 0, 0, 0]], np.int32)}
     glob = TrainConfig(dataset="bah", supervision="global")
-    np.testing.assert_array_equal(_targets(glob, batch), [[1, 1, 1, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(_targets(TrainConfig(dataset="bah"), batch), batch["label"])
+    np.testing.assert_array_equal(frame_targets(glob, batch), [[1, 1, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(frame_targets(TrainConfig(dataset="bah"), batch), batch["label"])
 
 
 def test_loss_weights_leave_padding_out() -> None:

@@ -17,7 +17,7 @@ from flax import nnx
 from jax_cer.models.ir50 import FlattenLinear
 from jax_cer.models.layers import BatchNorm, Conv2d, LayerNorm, WeightNormCausalConv1d
 from jax_cer.models.rules import CONV1D, CONV2D, WEIGHT_G, nchw_flatten_linear
-from jax_cer.train_step import sgd_nesterov
+from jax_cer.training.step import sgd_nesterov
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

@@ -286,15 +286,15 @@ def optimizer_section(machines: dict) -> list[str]:
 
 def aot_section(aot_file: Path) -> list[str]:
     if not aot_file.is_file():
-        return [f"No ahead-of-time compile results yet: run `python -m kernels.aot --json {aot_file}`.", ""]
-    from kernels.aot import CompileResult, table
+        return [f"No ahead-of-time compile results yet: run `python -m jax_cer.kernels.aot --json {aot_file}`.", ""]
+    from jax_cer.kernels.aot import CompileResult, table
 
     data = json.loads(aot_file.read_text())
     results = [CompileResult(**r) for r in data["results"]]
     spills = sum(r.spill_stores + r.spill_loads > 0 for r in results)
     return [
         f"Every shipped configuration compiled with Triton {data['triton']} for sm_80 and sm_90, without a GPU "
-        f"(`python -m kernels.aot`; checked by `tests/test_kernels_aot.py`): {len(results)} compilations, "
+        f"(`python -m jax_cer.kernels.aot`; checked by `tests/test_kernels_aot.py`): {len(results)} compilations, "
         f"{spills} with register spills, largest shared memory {max(r.shared_bytes for r in results) / 1024:.1f} KiB "
         "(limits: 163 KiB on sm_80, 227 KiB on sm_90). Compiled with causal masking and per-example lengths "
         "enabled, as jax-triton compiles them (aligned arrays, unit strides as constants), in two variants: "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from jax_cer.bench import report
-from jax_cer.bench.machine import REPO_ROOT, machine_record, machine_slug
+from jax_cer.machine import REPO_ROOT, machine_record, machine_slug
 
 NOTES = REPO_ROOT / "repro" / "benchmark_notes.md"
 AOT_JSON = "aot/kernels-aot.json"
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         if not args.no_aot:
             env = {**os.environ, "TRITON_INTERPRET": "0"}
-            cmd = [sys.executable, "-m", "kernels.aot", "--json", str(results_dir / AOT_JSON)]
+            cmd = [sys.executable, "-m", "jax_cer.kernels.aot", "--json", str(results_dir / AOT_JSON)]
             if subprocess.call(cmd, cwd=REPO_ROOT, env=env) != 0:
                 print("ahead-of-time compile check failed; see above", file=sys.stderr)
         if not args.no_repro:

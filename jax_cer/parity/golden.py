@@ -6,7 +6,7 @@ trainable weights, and (for training-mode cases) the BatchNorm statistics after 
 pass. Weights are not stored: both sides draw them with :mod:`jax_cer.parity.weights` from the
 recorded seed, and their sha256 are checked first.
 
-Checks per case, with the tolerances of :data:`TOLERANCES`:
+Checks per case, with the tolerances of :data:`jax_cer.parity.tolerances.TOLERANCES`:
 
 * ``layer``: every stored intermediate computed by its own stage from the *reference* values
   of its inputs (max abs error <= 1e-5): a failure names the layer that differs.
@@ -39,26 +39,17 @@ from flax import nnx
 from jax_cer.models.configs import config_for
 from jax_cer.models.convert import build_model, from_original_state_dict, to_original_state_dict, torch_entries
 from jax_cer.models.graph import run_stage_from
+from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.parity.weights import canonical_key, draw_state_dict, sample_indices, sha256
-from jax_cer.train_step import cross_entropy, graph_forward, trainable_filter
-
-TOLERANCES: Mapping[str, float] = {
-    "layer": 1e-5,  # one layer from reference inputs, max abs error
-    "forward": 1e-4,  # end to end, max abs error
-    "grad": 1e-4,  # max abs error / max |reference gradient|
-    "state": 1e-4,  # running statistics after a training-mode forward, max abs error
-}
-GRAD_FLOOR = 1e-6
-"""Relative gradient errors are taken against at least this fraction of the case's largest
-reference gradient entry (see :func:`_grad_error`)."""
+from jax_cer.training.step import cross_entropy, graph_forward, trainable_filter
 
 
 def default_golden_dir() -> Path:
-    """``$JAX_CER_GOLDEN`` or ``repro/golden`` of the source checkout."""
+    """``$JAX_CER_GOLDEN``, or the golden files shipped inside the package (``jax_cer/parity/golden``)."""
     env = os.environ.get("JAX_CER_GOLDEN")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "repro" / "golden"
+    return Path(__file__).resolve().parent / "golden"
 
 
 @dataclasses.dataclass
@@ -271,7 +262,9 @@ def check_grads(case: GoldenCase, model) -> list[CheckResult]:
 
     t0 = time.perf_counter()
     none_inputs = set(meta.get("grad_none_inputs", []))
-    floor = GRAD_FLOOR * max(float(np.max(np.abs(v))) for k, v in case.arrays.items() if k.startswith("grad_"))
+    floor = TOLERANCES["grad_floor"] * max(
+        float(np.max(np.abs(v))) for k, v in case.arrays.items() if k.startswith("grad_")
+    )
     errors = {
         k: _grad_error(g, case.arrays.get(f"grad_input/{k}"), k in none_inputs, f"input {k}", floor)
         for k, g in g_inputs.items()
@@ -301,7 +294,7 @@ def check_grads(case: GoldenCase, model) -> list[CheckResult]:
 
 
 def _grad_error(ours, ref, must_be_zero: bool, what: str, floor: float = 0.0) -> float:
-    """``max |ours - ref| / max(max |ref|, floor)``; ``floor`` (``GRAD_FLOOR`` times the case's
+    """``max |ours - ref| / max(max |ref|, floor)``; ``floor`` (``TOLERANCES["grad_floor"]`` times the case's
     largest reference gradient) covers tensors whose gradient is zero in exact arithmetic, such
     as a bias right before a training-mode BatchNorm, where both sides hold only rounding noise."""
     ours = np.asarray(ours, np.float64)

@@ -1,5 +1,5 @@
 """``jax-cer repro`` rows of the text encoder and the LoRA classifier (golden files of
-``repro/make_text_golden.py`` in ``repro/golden/text``).
+``repro/make_text_golden.py`` in ``jax_cer/parity/golden/text``).
 
 - ``text_encoder``: token ids (exact), every hidden state over real tokens (``layers``, <= 1e-5)
   and the sentence embeddings (``end_to_end``, <= 1e-5) of :class:`jax_cer.text.SentenceEncoder`
@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-LAYER_TOL = 1e-5
-END_TO_END_TOL = 1e-5
-STEP_TOL = 1e-4
+from jax_cer.parity.tolerances import TOLERANCES
 
 
 def file_sha256(path: Path) -> str:
@@ -70,10 +68,10 @@ def check(folder: Path) -> list:
     import optax
     from flax import nnx
 
-    from jax_cer.lora import apply_lora, lora_trainable
     from jax_cer.parity.golden import CheckResult, _result
     from jax_cer.text import SentenceEncoder, TextClassifier, default_checkpoint
-    from jax_cer.train_step import cross_entropy
+    from jax_cer.text.lora import apply_lora, lora_trainable
+    from jax_cer.training.step import cross_entropy
 
     t0 = time.perf_counter()
     try:
@@ -98,7 +96,11 @@ def check(folder: Path) -> list:
             )
             for i, s in enumerate(states)
         }
-        rows.append(_result("text_encoder", "layers", errors, LAYER_TOL, t0, "" if ids_ok else "token ids differ"))
+        rows.append(
+            _result(
+                "text_encoder", "layers", errors, TOLERANCES["text_layer"], t0, "" if ids_ok else "token ids differ"
+            )
+        )
         t1 = time.perf_counter()
         emb = enc.embed(manifest["sentences"])
         rows.append(
@@ -106,7 +108,7 @@ def check(folder: Path) -> list:
                 "text_encoder",
                 "end_to_end",
                 {"embeddings": float(np.abs(emb - ref["embeddings"]).max())},
-                END_TO_END_TOL,
+                TOLERANCES["text_end_to_end"],
                 t1,
             )
         )
@@ -161,7 +163,7 @@ def check(folder: Path) -> list:
                     "logits": float(np.abs(np.asarray(logits) - ref["logits"]).max()),
                     "loss": abs(float(loss) - float(ref["loss"])),
                 },
-                END_TO_END_TOL,
+                TOLERANCES["text_end_to_end"],
                 t2,
             )
         )
@@ -173,5 +175,7 @@ def check(folder: Path) -> list:
             got = np.asarray(getattr(m, attr)[...]) - _torch_lora_to_ours(n, before[n])
             want = _torch_lora_to_ours(n, ref[f"after/{n}"] - before[n])
             deltas[n] = float(np.abs(got - want).max()) / scale
-        rows.append(_result("text_lora", "sgd_step", deltas, STEP_TOL, t3, "relative to the largest change"))
+        rows.append(
+            _result("text_lora", "sgd_step", deltas, TOLERANCES["text_step"], t3, "relative to the largest change")
+        )
     return rows

@@ -1,5 +1,9 @@
 """PyTorch reference implementation of the fusion models (spec ``shared/spec/fusion-models.md``).
 
+Installed as ``jax_cer.reference`` (the repository keeps it in ``repro/reference/``). It is the only
+part of the package that imports torch, and only when it is imported itself: the benchmark cases and
+the live parity tests import it lazily.
+
 Every model follows one interface: ``model(inputs: dict[str, Tensor]) -> (logits, intermediates)``, where
 the intermediates are named after the module that produced them and given in port layout (channels last,
 NHWC), still attached to the autograd graph.
@@ -12,27 +16,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "jax_cer.reference is the PyTorch reference and needs torch: pip install torch==2.13.0 "
+        "(or the package's test extra, pip install 'jax-cer[test]')"
+    ) from err
 
-from repro.reference.can import CAN, CANFusion
-from repro.reference.frontend import (
+from jax_cer.reference.can import CAN, CANFusion
+from jax_cer.reference.frontend import (
     CAN_TCN_CHANNELS,
     DEFAULT_INPUT_DIMS,
     DEFAULT_MODALITIES,
     LFAN_TCN_CHANNELS,
     FusionFrontEnd,
 )
-from repro.reference.ir50 import IR50, Backbone, BottleneckIR, l2_norm
-from repro.reference.jmt import (
+from jax_cer.reference.ir50 import IR50, Backbone, BottleneckIR, l2_norm
+from jax_cer.reference.jmt import (
     JMT,
     JMTFusion,
     MTFusion,
     TransformerEncoderBlock,
     TransformerEncoderLayer,
 )
-from repro.reference.lfan import LFAN, LFANFusion, LFANLayer, LFANSelfAttention
-from repro.reference.tcn import Chomp1d, TemporalBlock, TemporalConvNet
+from jax_cer.reference.lfan import LFAN, LFANFusion, LFANLayer, LFANSelfAttention
+from jax_cer.reference.tcn import Chomp1d, TemporalBlock, TemporalConvNet
 
 __all__ = [
     "CAN",

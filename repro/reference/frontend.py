@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from repro.reference.ir50 import IR50
-from repro.reference.tcn import TemporalConvNet
+from jax_cer.reference.ir50 import IR50
+from jax_cer.reference.tcn import TemporalConvNet
 
 __all__ = [
     "CAN_TCN_CHANNELS",

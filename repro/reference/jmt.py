@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from repro.reference.frontend import (
+from jax_cer.reference.frontend import (
     CAN_TCN_CHANNELS,
     DEFAULT_INPUT_DIMS,
     DEFAULT_MODALITIES,

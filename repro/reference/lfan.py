@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from repro.reference.frontend import (
+from jax_cer.reference.frontend import (
     DEFAULT_INPUT_DIMS,
     DEFAULT_MODALITIES,
     LFAN_TCN_CHANNELS,

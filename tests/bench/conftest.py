@@ -6,7 +6,7 @@ PyTorch's TF32 paths (cuDNN convolutions allow it by default on a GPU) are switc
 
 from __future__ import annotations
 
-from jax_cer.bench.machine import machine_record
+from jax_cer.machine import machine_record
 
 
 def pytest_configure(config) -> None:

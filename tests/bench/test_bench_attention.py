@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import flash_attention
+from jax_cer.kernels import flash_attention
 
 pytestmark = pytest.mark.benchmark
 

@@ -19,10 +19,10 @@ from flax import nnx
 
 from jax_cer.models import build_model, from_original_state_dict, torch_entries
 from jax_cer.parity.weights import draw_state_dict
-from jax_cer.train_step import make_forward, make_train_step, sgd_nesterov
+from jax_cer.training.step import make_forward, make_train_step, sgd_nesterov
 
 torch = pytest.importorskip("torch")
-from repro.reference import build_reference
+from jax_cer.reference import build_reference
 
 pytestmark = pytest.mark.benchmark
 

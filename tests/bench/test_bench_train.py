@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from jax_cer.data.pipeline import WindowBatches
-from jax_cer.train import TrainConfig, _inputs, _targets, build, load_data
+from jax_cer.training.fusion import TrainConfig, build, frame_targets, load_data, model_inputs
 
 torch = pytest.importorskip("torch")
-from repro.reference import build_reference
+from jax_cer.reference import build_reference
 
 pytestmark = pytest.mark.benchmark
 
@@ -91,8 +91,8 @@ def test_train_loop_jax(benchmark, name: str, inputs: str) -> None:
 
     def one_step():
         batch = next(batches)
-        x = _inputs(batch, cfg.modalities)
-        y = jnp.asarray(_targets(cfg, batch))
+        x = model_inputs(batch, cfg.modalities)
+        y = jnp.asarray(frame_targets(cfg, batch))
         state[0], state[1], state[2], loss = step_fn(*state, frozen, x, y, jax.random.fold_in(key, count[0]))
         count[0] += 1
         jax.block_until_ready(loss)

@@ -1,7 +1,16 @@
-"""Float64 numpy attention with the kernels' semantics, its gradients, and assertion helpers."""
+"""References for the attention kernels' correctness rules (spec attention-kernels.md).
+
+- :func:`attention64`: the kernels' semantics in float64 numpy (output, and dQ/dK/dV given dO).
+- :func:`low_precision_attention`: plain JAX attention computed in the inputs' own dtype, the
+  baseline of the FlashAttention rule for float16 / bfloat16.
+
+Used by the kernel tests and by ``python -m repro.kernel_check``.
+"""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -43,16 +52,20 @@ def attention64(q, k, v, lens=None, causal=False, scale=None, do=None):
     return o, dq, dk, dv
 
 
-def assert_close(name: str, got, want, atol: float) -> None:
-    """Fails with how many elements are off, where the first ones are, and the max / mean error."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    assert not np.isnan(got).any(), f"{name}: {int(np.isnan(got).sum())} NaN (unwritten or invalid) elements"
-    err = np.abs(got - want)
-    bad = np.argwhere(err > atol)
-    if len(bad):
-        first = ", ".join(str(tuple(int(i) for i in idx)) for idx in bad[:5])
-        raise AssertionError(
-            f"{name}: {len(bad)}/{err.size} elements off by > {atol:.1e}; first at {first}; "
-            f"max {err.max():.3e}, mean {err.mean():.3e}"
-        )
+def low_precision_attention(q, k, v, lens, causal: bool):
+    """Plain JAX attention computed in the inputs' own dtype: the FlashAttention rule's baseline."""
+    sq, sk, d = q.shape[1], k.shape[1], q.shape[-1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=q.dtype) * jnp.asarray(d**-0.5, q.dtype)
+    j = jnp.arange(sk)
+    ok = jnp.ones((1, 1, sq, sk), bool)
+    if causal:
+        ok = ok & (j[None, :] <= jnp.arange(sq)[:, None] + (sk - sq))
+    if lens is not None:
+        ok = ok & (j < lens[:, None, None, None])
+    s = jnp.where(ok, s, -jnp.inf)
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    p = jnp.where(ok, jnp.exp(s - m), 0)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    p = (p / jnp.where(total > 0, total, 1)).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", p, v, preferred_element_type=q.dtype)

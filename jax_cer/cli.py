@@ -3,8 +3,9 @@
 ``jax-cer repro``  checks every model and the SO optimizer against the golden reference files and
                    prints, per component, its max error, the tolerance, pass/fail and time (exit 1
                    on failure).
-``jax-cer bench``  times the models (JAX against the PyTorch reference) into a results JSON and
-                   regenerates BENCHMARKS.md.
+``jax-cer bench``  runs the benchmark cases (JAX against the PyTorch reference, attention, SO) and
+                   writes one result file (default ./jax-cer-results/<machine>/).
+``jax-cer report`` turns result folders into a markdown report with plots.
 ``jax-cer train``  trains a named configuration (checkpoints, metrics log, resume): a fusion model,
                    or a text model on MELD (``meld-text-*``, ``meld-fewshot-*``).
 ``jax-cer eval``   scores a training run's checkpoint.
@@ -13,106 +14,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
-import platform
 import sys
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fmt_err(x: float) -> str:
-    return "nan" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.2e}")
-
-
-def _print_table(results, verbose: bool) -> None:
-    header = f"{'case':<14} {'check':<12} {'worst key':<46} {'max err':>9} {'tol':>8}  {'status':<6} {'time':>7}"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        key = r.key if len(r.key) <= 46 else "..." + r.key[-43:]
-        status = "PASS" if r.passed else "FAIL"
-        print(
-            f"{r.case:<14} {r.check:<12} {key:<46} {_fmt_err(r.max_error):>9} {r.tolerance:>8.0e}  "
-            f"{status:<6} {r.seconds:>6.1f}s"
-        )
-        if (verbose or not r.passed) and r.detail:
-            print(f"{'':<14} {'':<12} {r.detail}")
+from jax_cer.bench import report, runner
+from jax_cer.bench.load import load_files
+from jax_cer.parity.repro import run_repro
+from jax_cer.training.configs import CONFIGS, TEXT_CONFIGS, RunConfig, TextTrainConfig, read_run_config
+from jax_cer.training.fusion import evaluate_checkpoint, train
+from jax_cer.training.text import evaluate_text_checkpoint, train_text
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    import jax
-
-    from jax_cer.parity import golden
-    from jax_cer.parity.tolerances import TOLERANCES
-
-    golden_dir = Path(args.golden_dir) if args.golden_dir else golden.default_golden_dir()
-    manifest = golden.load_manifest(golden_dir)
-    only = [c for item in (args.only or []) for c in item.split(",") if c]
-    run_so = not only or "so" in only
-    run_text = not only or "text" in only
-    model_cases = [c for c in only if c not in ("so", "text")]
-    unknown = [c for c in model_cases if c not in manifest["cases"]]
-    if unknown:
-        print(f"unknown golden case(s) {unknown}; cases are {[*manifest['cases'], 'so', 'text']}", file=sys.stderr)
-        return 2
-    dev = jax.devices()[0]
-    n_cases = (len(model_cases) if only else len(manifest["cases"])) + run_so + run_text
-    print(f"jax-cer repro: {n_cases} golden cases from {golden_dir}")
-    print(f"device: {dev.platform} ({dev.device_kind}), jax {jax.__version__}, matmul precision: highest (fp32)")
-    print(
-        f"reference: {manifest.get('producer', {}).get('torch', '?')} torch, made by `{manifest.get('command', '?')}`"
+    """``jax-cer repro``: see :func:`jax_cer.parity.repro.run_repro`."""
+    return run_repro(
+        args.only, golden_dir=args.golden_dir, layers=not args.no_layers, verbose=args.verbose, json_path=args.json
     )
-    print()
-    t0 = time.perf_counter()
-
-    def progress(name):
-        print(f"  running {name} ...", file=sys.stderr, flush=True)
-
-    results = []
-    if model_cases or not only:
-        results += golden.run_all(model_cases, golden_dir, layers=not args.no_layers, progress=progress)
-    if run_so:
-        from jax_cer.parity import so_trajectory
-
-        progress("so (optimizer trajectory)")
-        results += so_trajectory.check(golden_dir / "so")
-    if run_text:
-        from jax_cer.parity import text_golden
-
-        progress("text (MiniLM encoder and LoRA classifier)")
-        results += text_golden.check(golden_dir / "text")
-    print()
-    _print_table(results, args.verbose)
-    failed = [r for r in results if not r.passed]
-    total = time.perf_counter() - t0
-    print()
-    print(
-        f"{len(results) - len(failed)}/{len(results)} checks passed in {total:.1f}s"
-        + (f"; FAILED: {len(failed)}" if failed else "")
-    )
-    if args.json:
-        out = {
-            "device": f"{dev.platform}:{dev.device_kind}",
-            "jax": jax.__version__,
-            "python": platform.python_version(),
-            "golden_dir": str(golden_dir),
-            "tolerances": dict(TOLERANCES),
-            "results": [r.as_dict() for r in results],
-            "passed": not failed,
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
-    return 1 if failed else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from jax_cer.bench import runner
+    """``jax-cer bench``: see :func:`jax_cer.bench.runner.run`."""
+    return runner.run(k=args.k, rounds=args.rounds, out=args.out)
 
-    return runner.main(args)
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``jax-cer report``: see :func:`jax_cer.bench.report.write`."""
+    out = Path(args.out)
+    plots = Path(args.plots) if args.plots else out.parent / "plots"
+    try:
+        files = load_files([Path(d) for d in args.results])
+        if not files:
+            print(f"no result files under {', '.join(args.results)}", file=sys.stderr)
+            return 2
+        text = report.render_files(files, args.notes, out.parent, plots)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} from {len(files)} result files; plots in {plots}")
+    return 0
 
 
 def _add_repro(sub) -> None:
@@ -125,9 +68,11 @@ def _add_repro(sub) -> None:
             "BatchNorm statistics, in fp32 with full-precision matmuls, on the default JAX device (GPU if "
             "present); and the SO optimizer's 32-step trajectory (supports exact, parameters and moments "
             "<= 1e-6); and the text encoder (all-MiniLM-L6-v2: hidden states and sentence embeddings <= 1e-5) "
-            "with a LoRA classifier (logits <= 1e-5, one clip + SGD step <= 1e-4 relative). Golden files come "
-            "from the PyTorch references: repro/make_golden.py, repro/make_so_golden.py and "
-            "repro/make_text_golden.py."
+            "with a LoRA classifier (logits <= 1e-5, one clip + SGD step <= 1e-4 relative). The golden files ship "
+            "with the package (--golden-dir or $JAX_CER_GOLDEN point elsewhere); the source repository's "
+            "repro/make_golden.py, repro/make_so_golden.py and repro/make_text_golden.py regenerate them from the "
+            "PyTorch references. Exit 0 when every check passes, 1 on a failure, 2 for an unknown case. The same "
+            "checks run as pytest items with `pytest --jax-cer-repro [--jax-cer-cases CASES]`."
         ),
     )
     r.add_argument(
@@ -148,33 +93,88 @@ def _add_repro(sub) -> None:
     r.set_defaults(func=cmd_repro)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of rounds")
+    return value
+
+
 def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench",
-        help=(
-            "time forward and training step of each model, JAX vs the PyTorch reference; "
-            "writes results JSON and BENCHMARKS.md"
-        ),
+        help="time the models (JAX vs the PyTorch reference), attention and SO; writes one result file",
         description=(
-            "Runs the benchmark cases (pytest -m benchmark over tests/bench: fusion models against the PyTorch "
-            "reference, attention against jax.nn.dot_product_attention) on this machine and writes one "
-            "pytest-benchmark JSON under repro/results/<machine>/, runs the parity checks (jax-cer repro) into "
-            "the same folder and the kernels' ahead-of-time compile check into repro/results/aot/, then "
-            "regenerates BENCHMARKS.md from every results file. Needs torch (the reference) and a source "
-            "checkout. Rounds: $JAX_CER_BENCH_ROUNDS (default 8 on CPU, 20 on GPU); -k selects cases."
+            "Runs the benchmark cases that ship with the package (jax_cer.bench.cases: each fusion model's "
+            "forward and training step and the training loop against the PyTorch reference, the text encoder "
+            "against transformers, flash_attention against jax.nn.dot_product_attention, SO against "
+            "optax.adam) in a pytest subprocess, and writes one pytest-benchmark JSON, bench-<UTC time>.json, "
+            "into --out; nothing else is written. PyTorch cases skip, saying so, where torch is not installed. "
+            "Turn result folders into a report with `jax-cer report`."
         ),
+        epilog=(
+            "examples:\n"
+            "  jax-cer bench                                # everything, each case's default rounds\n"
+            '  jax-cer bench -k "forward and tcn" --rounds 1  # a quick check of one model\n'
+            "  jax-cer bench -k attention --out results/my-gpu"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("-k", metavar="EXPR", help="only benchmark cases matching this pytest -k expression")
+    b.add_argument("-k", metavar="EXPR", help="only the cases matching this pytest -k expression (e.g. 'so', 'text')")
     b.add_argument(
-        "--results-dir", metavar="DIR", default=str(REPO_ROOT / "repro" / "results"), help="where result JSONs go"
+        "--rounds",
+        type=_positive_int,
+        metavar="N",
+        help="time every case N rounds instead of its default (also $JAX_CER_BENCH_ROUNDS). Fewer rounds than "
+        "the default make a quick run, which the report shows only where no full run measured the row, marked",
     )
-    b.add_argument("--report-only", action="store_true", help="only regenerate BENCHMARKS.md from existing results")
-    b.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
-    b.add_argument("--no-repro", action="store_true", help="do not also run and record the parity checks")
     b.add_argument(
-        "--no-aot", action="store_true", help="do not recompile the kernels for sm_80/sm_90 (resource table)"
+        "--out",
+        metavar="DIR",
+        help="folder for the result file (default ./jax-cer-results/<machine>/ in the working folder)",
     )
     b.set_defaults(func=cmd_bench)
+
+
+def _add_report(sub) -> None:
+    r = sub.add_parser(
+        "report",
+        help="turn benchmark and parity result folders into a markdown report with plots",
+        description=(
+            "Reads every result file under the given folders (recursively: a machine's folder from jax-cer bench "
+            "--out, or a folder of machine folders), groups them by the machine recorded in the files, and writes "
+            "one markdown report: machines, an across-machines table of ratios, the models, training loops, "
+            "attention, kernel checks, SO, text models and parity. Each row comes from the newest full run that "
+            "measured it; a row only a quick run (--rounds below the default) measured is marked with a dagger. "
+            "Plots (matplotlib, pip install 'jax-cer[bench]'; left out with a note without it) are written as PNG "
+            "and SVG into --plots and linked relative to the markdown."
+        ),
+        epilog=(
+            "examples:\n"
+            "  jax-cer report jax-cer-results      # -> ./jax-cer-report/BENCHMARKS.md, ./jax-cer-report/plots/\n"
+            "  jax-cer report repro/results --out BENCHMARKS.md --plots repro/results/plots \\\n"
+            "      --notes repro/benchmark_notes.md   # the source repository's BENCHMARKS.md"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("results", nargs="+", metavar="DIR", help="result folders (searched recursively)")
+    r.add_argument(
+        "--out",
+        metavar="FILE",
+        default=str(report.DEFAULT_OUT),
+        help=f"the markdown file to write (default ./{report.DEFAULT_OUT.as_posix()} in the working folder)",
+    )
+    r.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="folder for the plots' PNG and SVG files (default: plots/ beside --out)",
+    )
+    r.add_argument(
+        "--notes",
+        metavar="FILE",
+        help="markdown with hand-written analysis, copied in as the Notes section (only when given)",
+    )
+    r.set_defaults(func=cmd_report)
 
 
 def _add_train(sub) -> None:
@@ -190,8 +190,8 @@ def _add_train(sub) -> None:
             "schedule (or adamw / so), windows of 300 frames with hop 200. The real datasets are built once from "
             "--manual-dir (the original repos' layout) into --data-dir; frames need the IR-50 weights (--backbone). "
             "Text configurations (meld-text-full/lora/so, meld-fewshot-*, synthetic-text) fine-tune a BERT-family "
-            "encoder (default all-MiniLM-L6-v2) on MELD's transcripts read from --data-dir (default "
-            "../shared/data/meld), select on dev weighted F1 and score the kept model on test."
+            "encoder (default all-MiniLM-L6-v2) on MELD's transcripts read from --data-dir (or $JAX_CER_MELD_DIR: "
+            "the folder of train/dev/test_sent_emo.csv), select on dev weighted F1 and score the kept model on test."
         ),
         epilog=(
             "examples:\n"
@@ -222,8 +222,8 @@ def _add_train(sub) -> None:
     t.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="where the built dataset goes (default ~/tensorflow_datasets); for text runs, MELD's CSV folder; "
-        "--set data_dir",
+        help="where the built dataset goes (default ~/tensorflow_datasets); for text runs, MELD's CSV folder "
+        "(default $JAX_CER_MELD_DIR); --set data_dir",
     )
     t.add_argument("--backbone", metavar="FILE", help="IR-50 weights (res50_ir_0.887.pth); --set backbone")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -253,17 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_repro, _add_bench, _add_train, _add_eval):
+    for add in (_add_repro, _add_bench, _add_report, _add_train, _add_eval):
         add(sub)
     return p
 
 
-def _config_from_args(args: argparse.Namespace):
-    import dataclasses
-
-    from jax_cer.training.fusion import CONFIGS
-    from jax_cer.training.text import TEXT_CONFIGS
-
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The named configuration with the flags --manual-dir, --data-dir, --backbone and --set applied."""
     every = {**CONFIGS, **TEXT_CONFIGS}
     if args.config not in every:
         raise SystemExit(f"unknown configuration {args.config!r}; choose one of {sorted(every)}")
@@ -298,9 +294,7 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from jax_cer.training.fusion import CONFIGS, train
-    from jax_cer.training.text import TEXT_CONFIGS
-
+    """``jax-cer train``: lists the configurations, or trains (resumes) one and prints its final scores."""
     if args.list:
         for name, cfg in CONFIGS.items():
             print(
@@ -318,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     workdir = Path(args.workdir or Path("runs") / args.config)
     print(f"jax-cer train: {args.config} -> {workdir}", flush=True)
-    if args.config in TEXT_CONFIGS:
+    if isinstance(cfg, TextTrainConfig):
         return _train_text(cfg, workdir, args)
     try:
         out = train(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
@@ -337,9 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_text(cfg, workdir: Path, args: argparse.Namespace) -> int:
-    from jax_cer.training.text import train_text
-
+def _train_text(cfg: TextTrainConfig, workdir: Path, args: argparse.Namespace) -> int:
     try:
         out = train_text(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -358,12 +350,9 @@ def _train_text(cfg, workdir: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from jax_cer.training.fusion import evaluate_checkpoint
-    from jax_cer.training.text import evaluate_text_checkpoint
-
+    """``jax-cer eval``: scores a run's checkpoint, the fusion or the text way as its ``config.json`` says."""
     try:
-        cfg_file = Path(args.workdir) / "config.json"
-        text = cfg_file.is_file() and json.loads(cfg_file.read_text()).get("kind") == "text"
+        text = isinstance(read_run_config(args.workdir), TextTrainConfig)
         run = evaluate_text_checkpoint if text else evaluate_checkpoint
         res = run(args.workdir, args.which, args.split, progress=True)
     except (FileNotFoundError, ValueError) as err:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from jax_cer.kernels.configs import KernelConfig, shipped
+from jax_cer.kernels.loader import require_mode
 
 TARGETS = {80: "sm_80 (A100)", 90: "sm_90 (H100/H200)"}
 SHARED_LIMIT = {80: 166912, 90: 232448}
@@ -109,7 +110,7 @@ def pointer_attrs(sig: dict) -> dict:
 
 
 def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
-    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415 - optional heavy package
 
     arch = "sm_90a" if cc == 90 else f"sm_{cc}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,11 +129,9 @@ def _ptxas_report(ptx: str, cc: int) -> tuple[int, int, int]:
 
 def _compile(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str):
     """Triton's compiled kernel of one configuration for compute capability ``cc``, as jax-triton builds it."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from jax_cer.kernels.loader import require_mode
+    import triton  # noqa: PLC0415 - optional heavy package, imported after the kernels' mode is set
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415 - as above
+    from triton.compiler import ASTSource  # noqa: PLC0415 - as above
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     name, sig, consts = signature(kernel, dtype, bd, cfg, variant)
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     bad = [r for r in results if not r.ok]
     if args.json:
-        from triton import __version__ as triton_version
+        from triton import __version__ as triton_version  # noqa: PLC0415 - optional heavy package
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(

@@ -6,7 +6,8 @@ Backends:
   imported only on this path).
 * ``interpret``: the same kernel source in Triton's interpreter on the CPU, bridged with
   ``jax.pure_callback`` (needs torch, whose tensors the interpreter takes). For tests: slow.
-* ``xla``: plain JAX with the same semantics (:mod:`jax_cer.kernels.reference`).
+* ``xla``: plain JAX with the same semantics (:func:`jax_cer.kernels.xla.xla_attention`, also the
+  models' default attention); the only backend that serves ``bias`` and ``mask``.
 * ``auto``: ``triton`` on a GPU, ``xla`` otherwise.
 
 The kernel backends share one ``jax.custom_vjp``: the forward saves the log-sum-exp, the
@@ -26,7 +27,7 @@ import numpy as np
 
 from jax_cer.kernels.configs import INTERPRET_CONFIG, KernelConfig, block_d, gpu_config
 from jax_cer.kernels.loader import require_mode
-from jax_cer.kernels.reference import xla_attention
+from jax_cer.kernels.xla import xla_attention
 
 BACKENDS = ("auto", "triton", "interpret", "xla")
 KERNEL_DTYPES = {
@@ -215,7 +216,7 @@ def _interpret_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
 
 def _torch():
     try:
-        import torch
+        import torch  # noqa: PLC0415 - optional heavy package, only the interpreter backend needs it
     except ImportError as e:
         raise ImportError("backend='interpret' needs PyTorch (pip install torch==2.13.0)") from e
     return torch
@@ -266,7 +267,7 @@ def _host_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     cfg = INTERPRET_CONFIG
     delta = torch.full((b, h, sq), float("nan"), dtype=torch.float32)
     km._attn_bwd_preprocess_kernel[(math.ceil(sq / cfg.block_m), b * h)](
-        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=cfg.block_m, BLOCK_D=block_d(d), **_hints(d, tq.stride())
+        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=cfg.block_m, BLOCK_D=block_d(d), **launch_hints(d, tq.stride())
     )
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (tq, tk, tv))
     strides = _strides(tq, tk, tv)
@@ -288,7 +289,8 @@ def alignment(strides: Sequence[int]) -> int:
     return min(16, g & -g) if g else 16
 
 
-def _hints(d: int, strides: Sequence[int]) -> dict:
+def launch_hints(d: int, strides: Sequence[int]) -> dict:
+    """The kernels' layout hints: ``EVEN_D`` (the head dim fills its tile) and ``ALIGN`` (:func:`alignment`)."""
     return {"EVEN_D": d == block_d(d), "ALIGN": alignment(strides)}
 
 
@@ -303,20 +305,21 @@ def _flags(
         "BLOCK_D": block_d(d),
         "IEEE": jnp.dtype(dtype) == jnp.float32,
         "UPCAST": interpret,
-        **_hints(d, strides),
+        **launch_hints(d, strides),
     }
 
 
 # -- the GPU path --------------------------------------------------------------------------
 def _jax_triton():
     try:
-        import jax_triton
+        import jax_triton  # noqa: PLC0415 - optional package (the gpu extra), only the triton backend needs it
     except ImportError as e:
         raise ImportError("backend='triton' needs jax-triton: pip install -e '.[gpu]'") from e
     return jax_triton
 
 
-def _contiguous_strides(shape: Sequence[int]) -> list[int]:
+def contiguous_strides(shape: Sequence[int]) -> list[int]:
+    """Element strides of a C-contiguous array of ``shape`` (what jax-triton passes)."""
     strides, acc = [], 1
     for n in reversed(shape):
         strides.append(acc)
@@ -331,7 +334,7 @@ def _triton_forward(q, k, v, lens, *, causal, scale, has_lens):
     sk = k.shape[1]
     dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
     cfg = gpu_config("fwd", dtype, block_d(d))
-    strides = [s for x in (q, k, v) for s in _contiguous_strides(x.shape)]
+    strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
     return jt.triton_call(
         q, k, v, lens, *strides, h, sq, sk, d, scale * LOG2E,
         kernel=km._attn_fwd_kernel,
@@ -351,7 +354,7 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
     bd = block_d(d)
     pre = gpu_config("bwd_preprocess", dtype, bd)
-    o_strides = _contiguous_strides(o.shape)
+    o_strides = contiguous_strides(o.shape)
     (delta,) = jt.triton_call(
         o, do, *o_strides, h, sq, d,
         kernel=km._attn_bwd_preprocess_kernel,
@@ -361,9 +364,9 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         num_stages=pre.num_stages,
         BLOCK_M=pre.block_m,
         BLOCK_D=bd,
-        **_hints(d, o_strides),
+        **launch_hints(d, o_strides),
     )  # fmt: skip
-    strides = [s for x in (q, k, v) for s in _contiguous_strides(x.shape)]
+    strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
     common = (*strides, h, sq, sk, d, scale * LOG2E, scale)
     kv_cfg = gpu_config("bwd_dkdv", dtype, bd)
     dk, dv = jt.triton_call(

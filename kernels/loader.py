@@ -44,7 +44,7 @@ def interpreting() -> bool:
 def kernel_module() -> ModuleType:
     """The kernel module, in this process's mode (imports triton)."""
     choose_mode()
-    from jax_cer.kernels import _attention_kernels
+    from jax_cer.kernels import _attention_kernels  # noqa: PLC0415 - imports triton, after the mode is chosen
 
     return _attention_kernels
 

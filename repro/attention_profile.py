@@ -7,20 +7,27 @@ with the sections that say what limits a kernel (speed of light, compute and mem
 occupancy, launch statistics, warp state), for the forward of ``flash_attention`` and of
 ``jax.nn.dot_product_attention(implementation="cudnn")`` on the benchmark's shapes (B*S = 16k
 tokens, 16 heads, bf16, not causal). ncu's CSV goes to ``--out``; a summary of the headline
-metrics per kernel is printed. ``--inner`` is the profiled program itself.
+metrics per kernel is printed (:func:`jax_cer.bench.ncu.summarize`; ``jax-cer report`` tabulates the
+CSV too). ``--inner`` is the profiled program itself; ``--summarize CSV`` prints the summary of a
+CSV written earlier.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_cer.bench.ncu import summarize
+from jax_cer.kernels import flash_attention
 
 SECTIONS = (
     "SpeedOfLight",
@@ -31,16 +38,6 @@ SECTIONS = (
     "WarpStateStats",
 )
 KERNELS = "regex:attn|sdpa|fmha|flash|fprop"
-HEADLINE = (
-    "Duration",
-    "Compute (SM) Throughput",
-    "Memory Throughput",
-    "Achieved Occupancy",
-    "Registers Per Thread",
-    "Dynamic Shared Memory Per Block",
-    "Block Size",
-    "Grid Size",
-)
 
 
 def find_ncu() -> str | None:
@@ -59,12 +56,7 @@ def find_ncu() -> str | None:
 
 
 def inner(seqs: list[int], d: int) -> None:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jax_cer.kernels import flash_attention
-
+    """The profiled program: the Triton forward and cuDNN's on the benchmark's shapes, twice each."""
     heads, tokens = 16, 16384
     for s in seqs:
         b = max(tokens // s, 1)
@@ -79,28 +71,23 @@ def inner(seqs: list[int], d: int) -> None:
             print(f"profiled {name} S={s} B={b} H={heads} D={d}", flush=True)
 
 
-def summarize(text: str) -> list[dict]:
-    """The headline metrics per profiled kernel from ncu's ``--csv`` output."""
-    start = text.find('"ID"')
-    if start < 0:
-        return []
-    rows: dict[tuple, dict] = {}
-    for r in csv.DictReader(io.StringIO(text[start:])):
-        if r.get("Metric Name") in HEADLINE:
-            key = (r["ID"], r["Kernel Name"][:80])
-            rows.setdefault(key, {"id": r["ID"], "kernel": r["Kernel Name"][:80]})[r["Metric Name"]] = (
-                f"{r['Metric Value']} {r.get('Metric Unit', '')}".strip()
-            )
-    return list(rows.values())
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.attention_profile", description=__doc__.split("\n\n")[1])
     p.add_argument("--out", type=Path, help="where ncu's CSV goes")
     p.add_argument("--seqs", default="4096,16384", help="sequence lengths (default 4096,16384)")
     p.add_argument("--head-dim", type=int, default=128, help="head dim (default 128)")
     p.add_argument("--inner", action="store_true", help="the profiled program (run by ncu)")
+    p.add_argument("--summarize", type=Path, metavar="CSV", help="print the headline metrics of an ncu CSV and exit")
     args = p.parse_args(argv)
+    if args.summarize is not None:
+        if not args.summarize.is_file():
+            p.error(f"--summarize: {args.summarize} does not exist")
+        rows = summarize(args.summarize.read_text(errors="replace"))
+        for row in rows:
+            print(" | ".join(f"{k}: {v}" for k, v in row.items()))
+        if not rows:
+            print(f"{args.summarize}: no ncu metrics found", file=sys.stderr)
+        return 0 if rows else 1
     seqs = [int(s) for s in args.seqs.split(",")]
     if args.inner:
         inner(seqs, args.head_dim)

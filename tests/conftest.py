@@ -18,6 +18,8 @@ if "TRITON_INTERPRET" not in os.environ and jax.default_backend() != "gpu":
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 STATE_DICT_DIR = SHARED / "spec" / "original-state-dicts"
+MELD_DIR = SHARED / "data" / "meld"
+MELD_TABLES = ("train_sent_emo.csv", "dev_sent_emo.csv", "test_sent_emo.csv")
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 # spec §4.4: trainable parameters (backbone excluded, duplicates once) for K = 7 and K = 2, and
@@ -44,6 +46,19 @@ def read_tsv(name: str) -> list[tuple[str, str, str]]:
             key, shape, dtype = line.split("\t")
             rows.append((key, shape.strip(), dtype.strip()))
     return rows
+
+
+@pytest.fixture
+def meld_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real MELD tables (``../shared/data/meld``), with ``$JAX_CER_MELD_DIR`` pointing at them;
+    skips the test when they are not beside the checkout."""
+    missing = [name for name in MELD_TABLES if not (MELD_DIR / name).is_file()]
+    if missing:
+        pytest.skip(
+            f"real MELD tables not found: {missing} missing in {MELD_DIR} (needs ../shared/data beside the checkout)"
+        )
+    monkeypatch.setenv("JAX_CER_MELD_DIR", str(MELD_DIR))
+    return MELD_DIR
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,15 +8,17 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from jax_cer.cli import main
 from jax_cer.parity import golden
+from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.parity.weights import sha256
 
 
 def test_help_explains_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "jax_cer.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "repro" in out.stdout and "bench" in out.stdout
+    assert "repro" in out.stdout and "bench" in out.stdout and "report" in out.stdout
     out = subprocess.run(
         [sys.executable, "-m", "jax_cer.cli", "repro", "--help"], capture_output=True, text=True, check=True
     )
@@ -32,6 +34,9 @@ def test_repro_only_and_json(tmp_path, capsys) -> None:
     data = json.loads(out.read_text())
     assert data["passed"] and {r["check"] for r in data["results"]} == {"layer", "forward", "grad input", "grad params"}
     assert all(r["max_error"] <= r["tolerance"] for r in data["results"])
+    assert data["kind"] == "repro" and data["tolerances"] == dict(TOLERANCES)
+    # the machine record by which the benchmark report groups results
+    assert {"device", "platform", "cpu", "versions", "commit", "date"} <= set(data["machine"])
 
 
 def test_repro_unknown_case(capsys) -> None:
@@ -59,5 +64,103 @@ def test_repro_exits_nonzero_on_failure(tmp_path, capsys) -> None:
     manifest["cases"] = {"tcn": manifest["cases"]["tcn"]}
     manifest["cases"]["tcn"]["arrays"]["output"]["sha256"] = sha256(arrays["output"])
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert main(["repro", "--golden-dir", str(tmp_path), "--no-layers"]) == 1
-    assert "FAIL" in capsys.readouterr().out
+    assert main(["repro", "--golden-dir", str(tmp_path), "--no-layers", "--only", "tcn"]) == 1
+    out = capsys.readouterr().out
+    assert "tcn            forward" in out and "tcn            layer" not in out  # --no-layers
+    assert "2/3 checks passed" in out and "FAILED: 1" in out
+
+
+def test_repro_reports_a_corrupted_golden_file_as_a_failed_row(tmp_path, capsys) -> None:
+    folder = golden.default_golden_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["cases"] = {"tcn": manifest["cases"]["tcn"]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with np.load(folder / "tcn.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["output"] = arrays["output"] + 1e-3  # the manifest's sha256 no longer matches
+    np.savez(tmp_path / "tcn.npz", **arrays)
+    assert main(["repro", "--golden-dir", str(tmp_path), "--only", "tcn"]) == 1
+    out = capsys.readouterr().out
+    assert "GoldenFileError" in out and "differ from the manifest" in out and "0/1 checks passed" in out
+
+
+def test_repro_without_golden_files_says_where_they_come_from(tmp_path, capsys) -> None:
+    assert main(["repro", "--golden-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "no golden manifest" in err and "ship with the jax-cer package" in err and "--golden-dir" in err
+    assert "python repro/make_golden.py" not in err  # not a command a wheel user has
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("bench", ("-k EXPR", "--rounds N", "--out DIR", "jax-cer-results/<machine>/")),
+        ("report", ("--out FILE", "--plots DIR", "--notes FILE", "jax-cer-report/BENCHMARKS.md")),
+    ],
+)
+def test_bench_and_report_help_name_their_flags(command, flags, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # argparse wraps at the terminal's width (also inside a path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for flag in flags:
+        assert flag in out, (command, flag)
+
+
+def _bench_results(folder) -> None:
+    folder.mkdir(parents=True)
+    record = {"device": "Test CPU (2 cores)", "platform": "cpu", "cpu": "Test CPU (2 cores)", "versions": {}}
+    info = {"component": "tcn", "variant": "forward", "shapes": {"x": [2, 300, 512]}, "frames": 600}
+    rows = [
+        {"stats": {"data": [t] * 3, "median": t, "q1": t, "q3": t}, "extra_info": {**info, "impl": impl}}
+        for impl, t in (("jax", 0.01), ("torch", 0.02))
+    ]
+    (folder / "bench-20260101T000000Z.json").write_text(
+        json.dumps({"machine_info": {"jax_cer": record}, "benchmarks": rows})
+    )
+
+
+def test_report_writes_into_the_working_folder_by_default(tmp_path, monkeypatch, capsys) -> None:
+    _bench_results(tmp_path / "results" / "m")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "results"]) == 0
+    text = (tmp_path / "jax-cer-report" / "BENCHMARKS.md").read_text()
+    assert "| tcn | forward: PyTorch / JAX time | 2.00x |" in text
+    assert "- `../results/m/bench-20260101T000000Z.json`" in text
+    assert "wrote jax-cer-report/BENCHMARKS.md from 1 result files" in capsys.readouterr().out
+
+
+def test_report_names_what_is_wrong(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "B.md")]) == 2
+    assert "missing" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "B.md")]) == 2
+    assert "no result files" in capsys.readouterr().err
+    _bench_results(tmp_path / "r")
+    notes = tmp_path / "no-notes.md"
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "B.md"), "--notes", str(notes)]) == 2
+    assert "no-notes.md" in capsys.readouterr().err and not (tmp_path / "B.md").exists()
+
+
+def test_bench_rejects_a_bad_round_count(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--rounds", "0"])
+    assert exit_info.value.code == 2 and "positive number of rounds" in capsys.readouterr().err
+
+
+def test_train_list_and_eval_errors(tmp_path, capsys) -> None:
+    assert main(["train", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "synthetic-can          model=can  dataset=synthetic optimizer=sgd" in listed
+    assert "meld-fewshot-so        text so   dataset=meld      optimizer=so    lr=0.001 steps=100" in listed
+    assert main(["eval", str(tmp_path)]) == 2  # not a work directory
+    assert f"error: {tmp_path / 'config.json'} is missing: is {tmp_path} a jax-cer train work directory?" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "config.json").write_text('{"kind": "audio"}')
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "unknown run kind 'audio'" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"kind": "text", "lr": 0.1, "momentum": 0.9}')
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "unknown text configuration keys ['momentum']" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import csv
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,15 +44,10 @@ from jax_cer.data.layout import has_pil, histogram
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CEXPR_FOLDS = SHARED_DATA / "c-expr-db" / "folds"
-MELD_CSV_DIR = SHARED_DATA / "meld"
 
 needs_cexpr = pytest.mark.skipif(
     not (CEXPR_FOLDS / "split-0" / "train.txt").is_file(),
     reason=f"real C-EXPR-DB fold files not found at {CEXPR_FOLDS} (needs ../shared/data beside the checkout)",
-)
-needs_meld = pytest.mark.skipif(
-    not (MELD_CSV_DIR / "test_sent_emo.csv").is_file(),
-    reason=f"real MELD tables not found at {MELD_CSV_DIR} (needs ../shared/data beside the checkout)",
 )
 
 ARRAY_KEYS = ("video", "vggish", "bert", "frame_labels")
@@ -252,8 +248,6 @@ def test_resize_keeps_48_frames() -> None:
 
 
 def test_synthetic_builder(tmp_path: Path) -> None:
-    import time
-
     t0 = time.perf_counter()
     builder, sources = build(SyntheticCer, tmp_path, None)
     assert time.perf_counter() - t0 < 10  # ~1 s when the machine is free
@@ -326,9 +320,8 @@ def test_real_cexpr_folds_build(tmp_path: Path) -> None:
     assert [sources["val"][i]["id"].decode() for i in range(23)] == val_ids
 
 
-@needs_meld
-def test_real_meld_tables() -> None:
-    tables = read_meld_tables(MELD_CSV_DIR)
+def test_real_meld_tables(meld_dir: Path) -> None:
+    tables = read_meld_tables(meld_dir)
     assert {k: len(v) for k, v in tables.items()} == {"train": 9989, "dev": 1109, "test": 2610}
     hist = histogram((r.emotion for r in tables["test"]), MELD_EMOTIONS)
     assert hist == {
@@ -340,12 +333,11 @@ def test_real_meld_tables() -> None:
     assert any("," in r.utterance for r in tables["train"])
 
 
-@needs_meld
-def test_real_meld_text_builder(tmp_path: Path) -> None:
-    builder, sources = build(MeldText, tmp_path, MELD_CSV_DIR)
+def test_real_meld_text_builder(tmp_path: Path, meld_dir: Path) -> None:
+    builder, sources = build(MeldText, tmp_path, meld_dir)
     assert {k: len(v) for k, v in sources.items()} == {"train": 9989, "validation": 1109, "test": 2610}
     assert builder.info.features["emotion"].names == list(MELD_EMOTIONS)
-    with open(MELD_CSV_DIR / "dev_sent_emo.csv", newline="", encoding="utf-8") as f:
+    with open(meld_dir / "dev_sent_emo.csv", newline="", encoding="utf-8") as f:
         first = next(csv.DictReader(f))
     ex = sources["validation"][0]
     assert ex["id"].decode() == f"val/dia{first['Dialogue_ID']}_utt{first['Utterance_ID']}"

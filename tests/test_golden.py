@@ -42,6 +42,7 @@ def test_golden_case(case: str) -> None:
     expected = {"forward", "grad input", "grad params"}
     expected |= {"state"} if MANIFEST["cases"][case]["mode"] == "train" else {"layer"}
     assert checks == expected, f"checks run: {checks}; {_report(results)}"
+    assert [r.check for r in results] == golden.case_checks(MANIFEST["cases"][case])  # what the plugin collects
     assert all(r.passed for r in results), _report(results)
     assert all(r.count > 0 for r in results)
 
@@ -68,6 +69,16 @@ def test_edited_golden_file_is_rejected(tmp_path) -> None:
     np.savez(tmp_path / "tcn.npz", **arrays)
     with pytest.raises(golden.GoldenFileError, match="differ from the manifest"):
         golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
+
+
+def test_missing_golden_file_is_named(tmp_path) -> None:
+    """A case file the manifest lists but the folder lacks: the error names it and where golden files come from."""
+    shutil.copy(golden.default_golden_dir() / "manifest.json", tmp_path / "manifest.json")
+    with pytest.raises(golden.GoldenFileError, match=r"tcn\.npz is missing .*ship with the jax-cer package"):
+        golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(golden.GoldenFileError, match="manifest.json is not valid JSON"):
+        golden.load_manifest(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Ahead-of-time compile check of every shipped kernel configuration, for sm_80 and sm_90, on a
 machine without a GPU: it compiles, does not spill registers and fits the chip's shared memory.
 The registers and shared memory of each configuration are printed (and recorded in
-BENCHMARKS.md from ``repro/results/aot/``)."""
+BENCHMARKS.md from ``repro/results/aot/``, written by ``python -m jax_cer.kernels.aot --json``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from jax_cer.kernels.configs import shipped
 from tests.conftest import REPO
 
 pytest.importorskip("triton")
@@ -32,8 +33,6 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
         print("\n" + proc.stdout)
     assert out.is_file(), f"jax_cer.kernels.aot failed:\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
-    from jax_cer.kernels.configs import shipped
-
     assert len(data["results"]) == 4 * len(shipped())  # sm_80 and sm_90, aligned and unaligned
     assert {r["cc"] for r in data["results"]} == {80, 90}
     assert {r["variant"] for r in data["results"]} == {"aligned", "unaligned"}

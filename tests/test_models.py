@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_cer.models import build_model, sliding_window_logits
+from jax_cer.kernels import flash_attention
+from jax_cer.models import build_model, config_for, sliding_window_logits
 from jax_cer.models.attention import dot_product_attention
+from jax_cer.models.layers import BatchNorm
+from jax_cer.parity.attention import attention64
+from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.windowing import pad_to_length, window_bounds
+from tests.kernel_asserts import assert_close
 
 DIMS = {"video": 512, "vggish": 128, "bert": 768}
 
@@ -158,8 +163,6 @@ def test_training_mode_dropout_and_batch_statistics() -> None:
 
 
 def test_batchnorm_training_update_uses_unbiased_variance() -> None:
-    from jax_cer.models.layers import BatchNorm
-
     bn = BatchNorm(3)
     bn.train()
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32))
@@ -234,8 +237,6 @@ def test_jit_with_split_merge_matches_eager_and_compiles_once(models) -> None:
 
 
 def test_config_presets_hold_the_original_defaults() -> None:
-    from jax_cer.models import config_for
-
     lfan = config_for("lfan")
     assert (lfan.num_classes, lfan.window_length, lfan.dropout, lfan.modal_dim, lfan.num_heads) == (7, 300, 0.1, 32, 2)
     assert lfan.tcn_channels["vggish"] == (64, 64, 32, 32)
@@ -288,3 +289,86 @@ def test_default_attention_dropout_and_errors() -> None:
         dot_product_attention(q, q, q, dropout_rate=0.5)
     with pytest.raises(NotImplementedError, match="sow"):
         dot_product_attention(q, q, q, module=object())
+
+
+def _attention_grads(fn, q, k, v, do, **kwargs):
+    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **kwargs), q, k, v)
+    return (out, *vjp(do))
+
+
+def _default(q, k, v, **kwargs):
+    return dot_product_attention(q, k, v, **kwargs)
+
+
+def _xla_backend(q, k, v, **kwargs):
+    return flash_attention(q, k, v, backend="xla", **kwargs)
+
+
+@pytest.mark.parametrize("heads", [1, 3])  # one head: the head axis is dropped (MT/JMT's fast path)
+@pytest.mark.parametrize(("sq", "sk"), [(7, 13), (13, 7)])
+def test_default_attention_is_the_kernels_xla_backend(sq: int, sk: int, heads: int) -> None:
+    """Causal with Sq != Sk both ways is bottom-right aligned (query i sees keys j <= i + Sk - Sq) in the
+    models' default and in flash_attention(backend="xla"): both match the kernels' float64 reference,
+    output and gradients, and agree with each other exactly."""
+    rng = np.random.default_rng(sq * 10 + heads)
+    q, do = (jnp.asarray(rng.normal(size=(2, sq, heads, 16)).astype(np.float32)) for _ in range(2))
+    k, v = (jnp.asarray(rng.normal(size=(2, sk, heads, 16)).astype(np.float32)) for _ in range(2))
+    lens = (sk, sk - 3)
+    kwargs = {"is_causal": True, "kv_lengths": jnp.asarray(lens, jnp.int32)}
+    want = attention64(q, k, v, lens, True, do=do)
+    with jax.default_matmul_precision("highest"):
+        default = _attention_grads(_default, q, k, v, do, **kwargs)
+        xla = _attention_grads(_xla_backend, q, k, v, do, **kwargs)
+    for name, a, b, w in zip(("out", "dq", "dk", "dv"), default, xla, want, strict=True):
+        assert_close(f"default {name}", a, w, TOLERANCES["kernel_fp32"])
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    if sq > sk:  # the first Sq - Sk queries see no key
+        assert not np.any(np.asarray(default[0])[:, : sq - sk])
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("fn", [_default, _xla_backend], ids=["default", "xla_backend"])
+def test_fully_masked_rows_are_zero_with_zero_gradients(fn, heads: int) -> None:
+    """A query that sees no key (kv_lengths 0, a causal Sq > Sk row, a mask row of False) gives 0, never NaN,
+    and passes no gradient to q, k or v (Flax would return the mean of v)."""
+    rng = np.random.default_rng(heads)
+    b, sq, sk = 3, 6, 4
+    q, do = (jnp.asarray(rng.normal(size=(b, sq, heads, 8)).astype(np.float32)) for _ in range(2))
+    k, v = (jnp.asarray(rng.normal(size=(b, sk, heads, 8)).astype(np.float32)) for _ in range(2))
+    mask = np.ones((b, heads, sq, sk), bool)
+    mask[2, :, 4:] = False  # batch 2: queries 4 and 5 see nothing
+    kwargs = {"kv_lengths": jnp.asarray([0, 4, 4]), "is_causal": True, "mask": jnp.asarray(mask)}
+    out, dq, dk, dv = _attention_grads(fn, q, k, v, do, **kwargs)
+    for name, x in (("out", out), ("dq", dq), ("dk", dk), ("dv", dv)):
+        assert not np.isnan(np.asarray(x)).any(), name
+    out, dq, dk, dv = (np.asarray(x) for x in (out, dq, dk, dv))
+    assert not out[0].any() and not dq[0].any() and not dk[0].any() and not dv[0].any()  # no key at all
+    assert not out[1:, :2].any() and not dq[1:, :2].any()  # causal, Sq - Sk = 2 rows see nothing
+    assert not out[2, 4:].any() and not dq[2, 4:].any()  # masked rows
+    assert np.all(np.abs(out[1, 2:]) > 0) and np.all(np.abs(out[2, 2:4]) > 0)
+    ref = np.asarray(attention64(q, k, v, (0, 4, 4), True))  # no general mask there: compare the rows it keeps
+    np.testing.assert_allclose(out[1], ref[1], atol=1e-5)
+    np.testing.assert_allclose(out[2, :4], ref[2, :4], atol=1e-5)
+    # what reaches the rows that see nothing changes no gradient
+    noise = jnp.asarray(rng.normal(size=do.shape).astype(np.float32)) * 100
+    blind = np.zeros(do.shape, bool)
+    blind[0], blind[1:, :2], blind[2, 4:] = True, True, True
+    again = _attention_grads(fn, q, k, v, jnp.where(jnp.asarray(blind), noise, do), **kwargs)
+    for name, a, b in zip(("dq", "dk", "dv"), (dq, dk, dv), again[1:], strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_minus_inf_bias_hides_keys() -> None:
+    """A -inf bias hides a key like a False mask entry: a row of -inf gives zeros, not NaN."""
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.normal(size=(1, 3, 2, 8)).astype(np.float32)) for _ in range(3))
+    bias = np.zeros((1, 2, 3, 3), np.float32)
+    bias[0, :, 0] = -np.inf  # query 0 sees nothing
+    bias[0, :, 1, 2] = -np.inf  # query 1 does not see key 2
+    mask = np.isfinite(bias)
+    got, grads = jax.value_and_grad(lambda q: jnp.sum(dot_product_attention(q, k, v, bias=jnp.asarray(bias))))(q)
+    want = dot_product_attention(q, k, v, mask=jnp.asarray(mask))
+    np.testing.assert_array_equal(dot_product_attention(q, k, v, bias=jnp.asarray(bias)), want)
+    assert float(got) == pytest.approx(float(jnp.sum(want)), rel=1e-6)
+    assert not np.asarray(want)[0, 0].any() and not np.isnan(np.asarray(grads)).any()
+    assert not np.asarray(grads)[0, 0].any()

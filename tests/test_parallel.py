@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from jax_cer.training.parallel import data_mesh, shard_batch
 from tests.conftest import REPO
 
 SCRIPT = r"""
@@ -75,10 +77,6 @@ def test_step_on_four_devices_equals_one_device() -> None:
 
 
 def test_shard_batch_names_a_batch_that_does_not_split() -> None:
-    import jax
-
-    from jax_cer.training.parallel import data_mesh, shard_batch
-
     mesh = data_mesh(jax.devices()[:1])
     assert shard_batch({"x": np.zeros((3, 2))}, mesh)["x"].shape == (3, 2)
     if len(jax.devices()) == 1:

@@ -1,4 +1,5 @@
-"""Text-model training (jax_cer.training.text): MELD reading, few-shot sampling, configurations, and a
+"""Text-model training (jax_cer.training.text): the text data built from the shared MELD reader, the MELD
+folder and its errors, few-shot sampling, configurations, resume equal to an uninterrupted run, and a
 smoke run through ``jax-cer train`` with resume and ``jax-cer eval``."""
 
 from __future__ import annotations
@@ -9,55 +10,107 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from jax_cer.cli import main
-from jax_cer.text.textualize import MELD_TEXT_LABELS
-from jax_cer.training.text import (
-    TEXT_CONFIGS,
-    TextTrainConfig,
-    few_shot_indices,
-    load_text_data,
-    read_meld_split,
-    so_dense_flags,
-)
+from jax_cer.data.layout import MELD_EMOTIONS, LayoutError, MissingFileError, read_meld_tables
+from jax_cer.text import default_checkpoint
+from jax_cer.text.textualize import MELD_TEXT_LABELS, meld_label, textualize
+from jax_cer.training.checkpoints import checkpoint_managers
+from jax_cer.training.configs import TEXT_CONFIGS, TextTrainConfig
+from jax_cer.training.text import make_text_optimizer, so_dense_flags, train_text
+from jax_cer.training.text_data import few_shot_indices, load_text_data, meld_dir, meld_text_splits
 
-MELD = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
+HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
 
 def _checkpoint_or_skip() -> None:
-    from jax_cer.text import default_checkpoint
-
     try:
         default_checkpoint()
     except FileNotFoundError as e:
         pytest.skip(str(e))
 
 
-def test_read_meld_dev() -> None:
-    if not (MELD / "dev_sent_emo.csv").is_file():
-        pytest.skip(f"MELD data not found at {MELD} (../shared/data/meld)")
-    texts, labels = read_meld_split(MELD / "dev_sent_emo.csv")
-    assert len(texts) == len(labels) == 1109
-    assert texts[0].startswith("Speech transcription of the video : ") and texts[0].endswith("; ")
-    assert labels.dtype == np.int32 and set(labels.tolist()) <= set(range(7))
-    _, test_labels = read_meld_split(MELD / "test_sent_emo.csv")
-    counts = np.bincount(test_labels, minlength=7)  # the data README's test counts, in the text order
+def _write_meld(folder: Path, rows: dict[str, str], encoding: str = "utf-8") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for table, body in rows.items():
+        (folder / f"{table}_sent_emo.csv").write_bytes((HEADER + body).encode(encoding))
+    return folder
+
+
+SMALL = {
+    "train": '1,"Oh, no, no, no!",Ross,fear,negative,0,0,3,19,"00:14:38,127","00:14:40,378"\n'
+    '2,"Two\nlines",Rachel,joy,positive,0,1,3,19,"00:14:40,629","00:14:47,385"\n',
+    "dev": '1,He\u2019s lost it.,Phoebe,sadness,negative,0,0,4,7,"00:20:57,256","00:21:00,049"\n',
+    "test": '1,Hi.,Joey,Neutral,neutral,5,2,8,1,"00:00:01,000","00:00:02,000"\n',
+}
+
+
+def test_text_data_from_the_shared_reader(meld_dir: Path) -> None:
+    """The real tables through jax_cer.data.layout's reader: every split's prompts and labels, in row order."""
+    data = load_text_data(TEXT_CONFIGS["meld-text-lora"])  # data_dir unset: $JAX_CER_MELD_DIR (the fixture's)
+    tables = read_meld_tables(meld_dir)
+    assert {s: len(t) for s, (t, _) in data.items()} == {"train": 9989, "val": 1109, "test": 2610}
+    for split, table in (("train", "train"), ("val", "dev"), ("test", "test")):
+        texts, labels = data[split]
+        rows = tables[table]
+        assert texts == [f"Speech transcription of the video : {r.utterance}; " for r in rows]
+        assert labels.dtype == np.int32
+        assert labels.tolist() == [MELD_TEXT_LABELS.index(MELD_EMOTIONS[r.emotion]) for r in rows]
+    counts = np.bincount(data["test"][1], minlength=7)  # the data README's test counts, in the text order
     assert dict(zip(MELD_TEXT_LABELS, counts.tolist(), strict=True)) == {
         "anger": 345, "disgust": 68, "fear": 50, "joy": 402, "neutral": 1256, "sadness": 208, "surprise": 281,
     }  # fmt: skip
+    explicit = load_text_data(dataclasses.replace(TEXT_CONFIGS["meld-text-lora"], data_dir=str(meld_dir), limit=5))
+    assert explicit["val"][0] == data["val"][0][:5]
 
 
-def test_read_meld_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="train_sent_emo.csv"):
-        read_meld_split(tmp_path / "train_sent_emo.csv")
-    bad = tmp_path / "dev_sent_emo.csv"
-    bad.write_text("Sr No.,Utterance\n1,hello\n")
-    with pytest.raises(KeyError, match=r"missing column\(s\) \['Emotion'\]"):
-        read_meld_split(bad)
-    bad.write_text("Utterance,Emotion\nhello,joy\nhi,boredom\n")
-    with pytest.raises(ValueError, match="row 3: unknown MELD emotion 'boredom'"):
-        read_meld_split(bad)
+def test_text_data_from_small_tables(tmp_path: Path) -> None:
+    """Quoted commas and newlines, case of the Emotion value, UTF-8 and cp1252 files, the dev table as val."""
+    for encoding in ("utf-8", "cp1252"):
+        folder = _write_meld(tmp_path / encoding, SMALL, encoding)
+        splits = meld_text_splits(folder)
+        texts, labels = splits["train"]
+        assert texts == [textualize({"transcript": u}, ("T",)) for u in ("Oh, no, no, no!", "Two\nlines")]
+        assert labels.tolist() == [meld_label("fear"), meld_label("joy")] == [2, 3]
+        assert splits["val"][0] == ["Speech transcription of the video : He\u2019s lost it.; "]
+        assert splits["val"][1].tolist() == [5] and splits["test"][1].tolist() == [4]  # sadness, neutral
+
+
+def test_meld_table_errors_name_the_file(tmp_path: Path) -> None:
+    folder = _write_meld(tmp_path / "cols", SMALL)
+    (folder / "dev_sent_emo.csv").write_text("Sr No.,Utterance\n1,hello\n")
+    with pytest.raises(LayoutError, match=r"dev_sent_emo.csv: missing columns \['Speaker', 'Emotion'"):
+        meld_text_splits(folder)
+    folder = _write_meld(tmp_path / "emotion", {**SMALL, "test": SMALL["test"].replace("Neutral", "boredom")})
+    with pytest.raises(LayoutError, match=r"test_sent_emo.csv:2: unknown Emotion 'boredom'"):
+        meld_text_splits(folder)
+
+
+def test_meld_folder_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """MELD comes only from data_dir or $JAX_CER_MELD_DIR; a missing or incomplete folder says so and how to set it."""
+    monkeypatch.delenv("JAX_CER_MELD_DIR", raising=False)
+    with pytest.raises(MissingFileError, match=r"no MELD folder: .*--data-dir DIR .*\$JAX_CER_MELD_DIR=DIR"):
+        load_text_data(TEXT_CONFIGS["meld-text-lora"])
+    with pytest.raises(
+        MissingFileError, match=f"MELD folder {tmp_path / 'nowhere'} \\(from data_dir\\) does not exist"
+    ):
+        meld_dir(tmp_path / "nowhere")
+    partial = _write_meld(tmp_path / "partial", {"train": SMALL["train"]})
+    monkeypatch.setenv("JAX_CER_MELD_DIR", str(partial))
+    with pytest.raises(
+        MissingFileError,
+        match=rf"MELD folder {partial} \(from \$JAX_CER_MELD_DIR\) lacks dev_sent_emo.csv, test_sent_emo.csv; pass",
+    ):
+        meld_dir()
+    assert meld_dir(_write_meld(tmp_path / "whole", SMALL)) == tmp_path / "whole"
+    # through the command line: exit 2 and the message, no training
+    args = ["train", "--config", "meld-text-lora", "--workdir", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert f"error: MELD folder {tmp_path / 'nowhere'} (from data_dir) does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_few_shot_indices() -> None:
@@ -103,19 +156,43 @@ def test_so_dense_groups() -> None:
     assert jax.tree.leaves(flags) == [True, True, True, False]
 
 
-def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
-    """The CI smoke run of meld-text-lora (28 utterances per split; the synthetic sentences when MELD
-    is absent): stops after 3 steps, resumes to the end through the CLI, scores the best checkpoint."""
+@pytest.mark.slow  # the loop's resume is checked bit for bit in the default run by tests/test_train.py and test_loop.py
+def test_text_resume_is_bit_identical(tmp_path: Path) -> None:
+    """The loop's resume guarantee for a text run: stopped mid-epoch and resumed, it ends with the
+    parameters, optimizer state, checkpoint metadata and metrics.jsonl of an uninterrupted run."""
     _checkpoint_or_skip()
-    from jax_cer.training.text import train_text
+    cfg = dataclasses.replace(TEXT_CONFIGS["synthetic-text"], epochs=1, eval_every=3)
+    ref = train_text(cfg, tmp_path / "ref", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in log if "val" in r and "test" not in r]
+    assert [r["step"] for r in vals] == [3, 6, 7]  # every eval_every steps and at the last step
+    stopped = train_text(cfg, tmp_path / "run", stop_after_steps=4, progress=False)
+    assert stopped == {"step": 4, "stopped": True, "val": vals[0]["val"]}
+    assert train_text(cfg, tmp_path / "run", progress=False) == ref
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+    best = max(r["val"][cfg.select] for r in vals)
+    states = []
+    for d in ("ref", "run"):
+        folder = tmp_path / d / "checkpoints" / "latest" / "7"
+        assert checkpoint_managers(tmp_path / d, cfg.keep)[0].latest_step() == 7
+        assert json.loads((folder / "meta" / "metadata").read_text()) == {
+            "epoch": 1,
+            "batch": 0,
+            "step": 7,
+            "best": best,
+        }
+        states.append(jax.tree.leaves(ocp.StandardCheckpointer().restore(folder / "state")))
+    assert len(states[0]) == len(states[1]) > 10
+    for a, b in zip(*states, strict=True):
+        np.testing.assert_array_equal(a, b)
 
+
+def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys, meld_dir: Path) -> None:
+    """The CI smoke run of meld-text-lora (28 utterances per split, MELD from $JAX_CER_MELD_DIR): stops
+    after 3 steps, resumes to the end through the CLI, scores the best checkpoint."""
+    _checkpoint_or_skip()
     work = tmp_path / "run"
-    name, small = "synthetic-text", {}
-    if (MELD / "train_sent_emo.csv").is_file():
-        name, small = (
-            "meld-text-lora",
-            {"limit": 28, "epochs": 2, "batch_size": 4, "eval_batch_size": 8, "log_every": 1},
-        )
+    name, small = "meld-text-lora", {"limit": 28, "epochs": 2, "batch_size": 4, "eval_batch_size": 8, "log_every": 1}
     sets = [f"{k}={v}" for k, v in small.items()]
     cfg = dataclasses.replace(TEXT_CONFIGS[name], **small)
     out = train_text(cfg, work, stop_after_steps=3, progress=False)
@@ -133,13 +210,19 @@ def test_text_train_cli_resume_and_eval(tmp_path: Path, capsys) -> None:
     assert json.loads(res.read_text()) == pytest.approx(final["test"], abs=1e-6)
 
 
-def test_non_finite_loss_names_the_last_checkpoint(tmp_path: Path) -> None:
-    from jax_cer.training.fusion import finite_loss
-
-    class Latest:
-        def latest_step(self):
-            return 40
-
-    assert finite_loss(np.float32(0.5), "step 41", Latest(), tmp_path) == 0.5
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 42; the last good checkpoint is step 40"):
-        finite_loss(np.float32("nan"), "step 42", Latest(), tmp_path)
+def test_sgd_optimizer_is_plain_sgd_with_coupled_decay() -> None:
+    """``optimizer=sgd``: clip, then SGD without momentum and with coupled decay, as the original text models."""
+    cfg = dataclasses.replace(TEXT_CONFIGS["synthetic-text"], optimizer="sgd", lr=0.5, warmup=0.0, weight_decay=0.1)
+    params = {"w": np.array([1.0, -2.0], np.float32)}
+    tx = make_text_optimizer(cfg, params, total_steps=4)
+    inline = optax.chain(
+        optax.clip_by_global_norm(0.3),
+        optax.chain(optax.add_decayed_weights(0.1), optax.sgd(optax.cosine_decay_schedule(0.5, 4))),
+    )
+    state, ref_state = tx.init(params), inline.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(ref_state)  # the same checkpoint layout
+    for g in ([0.1, 0.2], [-0.3, 0.05], [0.0, 1.0]):
+        grads = {"w": np.array(g, np.float32)}
+        upd, state = tx.update(grads, state, params)
+        ref_upd, ref_state = inline.update(grads, ref_state, params)
+        np.testing.assert_array_equal(upd["w"], ref_upd["w"])

@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cer.training.fusion import TrainConfig, build, checkpoint_managers, restore, train
+from jax_cer.training.checkpoints import checkpoint_managers, restore
+from jax_cer.training.configs import TrainConfig
+from jax_cer.training.fusion import build, train
 from tests.conftest import REPO
 
 # 7 train clips of 100 frames -> windows [0, 60), [40, 100): 14 windows, 7 steps per epoch

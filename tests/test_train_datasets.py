@@ -13,17 +13,13 @@ import pytest
 from flax import nnx
 
 from jax_cer.data.pipeline import zscore_stats
-from jax_cer.models import from_original_state_dict, torch_entries
+from jax_cer.models import IR50, build_model, from_original_state_dict, torch_entries
 from jax_cer.parity.weights import draw_state_dict
-from jax_cer.training.fusion import (
-    TrainConfig,
-    build,
-    build_run_model,
-    evaluate_checkpoint,
-    frame_targets,
-    score,
-    train,
-)
+from jax_cer.training.checkpoints import checkpoint_managers, restore
+from jax_cer.training.configs import TrainConfig
+from jax_cer.training.evaluate import score
+from jax_cer.training.fusion import build, build_run_model, evaluate_checkpoint, train
+from jax_cer.training.fusion_data import frame_targets
 from jax_cer.training.step import cross_entropy, parameter_paths, unreached_parameters
 from tests.test_data_builders import BAH_SPLITS, BAH_YAML, CEXPR_SPLITS, CEXPR_YAML, write_layout
 
@@ -83,8 +79,6 @@ def test_cexpr_with_other(tmp_path: Path) -> None:
     assert evaluate_checkpoint(tmp_path / "run", "latest", "test") == pytest.approx(val, rel=1e-12)
 
     # CAN's conv_c never reaches the loss: PyTorch skips it (no decay, no momentum), so must we
-    from jax_cer.training.fusion import checkpoint_managers, restore
-
     latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
     (params, _, _), _ = restore(latest, template)
@@ -99,8 +93,6 @@ def test_cexpr_with_other(tmp_path: Path) -> None:
 
 def test_bah_frames_global_supervision(tmp_path: Path) -> None:
     write_layout(tmp_path / "data", "BAH_DB", BAH_YAML, BAH_SPLITS, bah=True)
-    from jax_cer.models import IR50
-
     entries = torch_entries(nnx.eval_shape(lambda: IR50(rngs=nnx.Rngs(0))))
     sd = draw_state_dict([(e.key, e.torch_shape, e.torch_dtype) for e in entries], 3)
     np.savez(tmp_path / "ir50.npz", **sd)
@@ -129,8 +121,6 @@ def test_bah_frames_global_supervision(tmp_path: Path) -> None:
     assert set(out["val"]) == {"loss", "accuracy", "f1_0", "f1_1", "avgf1", "weighted_f1", "ap"}
     assert out["val"]["avgf1"] == pytest.approx((out["val"]["f1_0"] + out["val"]["f1_1"]) / 2)
     # in training mode the frozen IR-50's BatchNorm statistics drift (its weights stay as loaded)
-    from jax_cer.training.fusion import checkpoint_managers, restore
-
     latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
     (_, stats, _), _ = restore(latest, template)
@@ -157,8 +147,6 @@ def test_loss_weights_leave_padding_out() -> None:
 
 
 def test_unreached_parameters_match_the_original() -> None:
-    from jax_cer.models import build_model
-
     mt = build_model("mt", rngs=nnx.Rngs(0))
     skipped = unreached_parameters(mt, "mt")
     assert skipped(("reduce_feats_dim", "kernel")) and skipped(("temporal", "bert", "network", 0, "conv1", "v"))

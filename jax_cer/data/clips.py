@@ -133,6 +133,6 @@ def open_splits(
     """
     spec = dataset_spec(dataset)
     name = spec.tfds_config(fold, use_other_class)
-    from jax_cer.data.builders import prepare
+    from jax_cer.data.builders import prepare  # noqa: PLC0415 - imports tensorflow_datasets, only to open a built dataset
 
     return prepare(name, data_dir=data_dir or "~/tensorflow_datasets", manual_dir=manual_dir)

@@ -416,7 +416,7 @@ def resize_frames(video: np.ndarray, size: int = FRAME_SIZE, source: str | Path 
             f"{source}: frames are {h}x{w}; resizing them to {size}x{size} (PIL bilinear, spec §1.2) needs Pillow "
             "(pip install pillow), or store frames already resized to 48x48"
         )
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 - optional (Pillow), only to resize frames that are not 48x48
 
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cer.kernels.xla import AttentionFn
 from jax_cer.models.configs import CANConfig
 from jax_cer.models.frontend import FusionModel
 from jax_cer.models.graph import Stage
-from jax_cer.models.layers import AttentionFn, BatchNorm, Conv1d, Linear, leaky_relu
+from jax_cer.models.layers import BatchNorm, Conv1d, Linear, leaky_relu
 
 
 class CAN(FusionModel):

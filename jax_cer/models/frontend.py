@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_cer.models.attention import dot_product_attention
+from jax_cer.kernels.xla import AttentionFn, dot_product_attention
 from jax_cer.models.configs import FusionConfig, IR50Config
 from jax_cer.models.graph import Stage, run_stages
 from jax_cer.models.ir50 import IR50, check_frames
-from jax_cer.models.layers import AttentionFn, BatchNorm
+from jax_cer.models.layers import BatchNorm
 from jax_cer.models.tcn import TCN
 
 

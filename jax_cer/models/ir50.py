@@ -16,7 +16,7 @@ from flax import nnx
 from jax_cer.models.configs import IR50Config
 from jax_cer.models.graph import Stage
 from jax_cer.models.layers import BatchNorm, Conv2d, Dropout, Linear, PReLU
-from jax_cer.models.rules import IDENTITY, nchw_flatten_linear
+from jax_cer.statedict.rules import IDENTITY, nchw_flatten_linear
 
 FRAME_SIZE = 40
 OUT_SPATIAL = 5

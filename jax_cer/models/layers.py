@@ -16,7 +16,7 @@ Modules are built in inference mode; ``model.train()`` / ``model.eval()`` switch
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,20 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_cer.models.rules import (
+from jax_cer.kernels.xla import AttentionFn
+from jax_cer.statedict.rules import (
     CONV1D,
     CONV2D,
     COUNTER,
     IDENTITY,
     LINEAR,
     WEIGHT_G,
-    Rule,
+    ParamRow,
 )
 
 Array = jax.Array
-AttentionFn = Callable[..., Array]
-"""Signature of :func:`flax.nnx.dot_product_attention`: ``(query, key, value, ...) -> out``
-with ``query [batch..., q_len, heads, head_dim]``."""
 
 LEAKY_SLOPE = 0.01
 
@@ -377,6 +375,6 @@ class TransformerEncoderBlock(nnx.Module):
         return x
 
 
-def torch_params_of(module: Any) -> tuple[tuple[str, str, Rule], ...]:
-    """The ``TORCH_PARAMS`` rows of a module (empty for pure containers)."""
+def torch_params_of(module: Any) -> tuple[ParamRow, ...]:
+    """The ``TORCH_PARAMS`` rows ``(original name, attribute, rule)`` of a module (empty for pure containers)."""
     return getattr(type(module), "TORCH_PARAMS", ())

@@ -21,10 +21,11 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.attention import dot_product_attention_weights
 
+from jax_cer.kernels.xla import AttentionFn
 from jax_cer.models.configs import LFANConfig
 from jax_cer.models.frontend import FusionModel
 from jax_cer.models.graph import Stage
-from jax_cer.models.layers import AttentionFn, Dropout, LayerNorm, Linear
+from jax_cer.models.layers import Dropout, LayerNorm, Linear
 from jax_cer.windowing import pad_to_length, window_bounds
 
 P = "fusion.layers."

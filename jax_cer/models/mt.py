@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from flax import nnx
 
+from jax_cer.kernels.xla import AttentionFn
 from jax_cer.models.configs import MTConfig
-from jax_cer.models.layers import AttentionFn
 from jax_cer.models.transformer_fusion import TransformerFusionModel
 
 

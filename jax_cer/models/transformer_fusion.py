@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_cer.kernels.xla import AttentionFn
 from jax_cer.models.configs import MTConfig
 from jax_cer.models.frontend import FusionModel
 from jax_cer.models.graph import Stage
 from jax_cer.models.layers import (
-    AttentionFn,
     BatchNorm,
     Linear,
     MultiheadAttention,

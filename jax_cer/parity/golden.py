@@ -39,6 +39,7 @@ from flax import nnx
 from jax_cer.models.configs import config_for
 from jax_cer.models.convert import build_model, from_original_state_dict, to_original_state_dict, torch_entries
 from jax_cer.models.graph import run_stage_from
+from jax_cer.parity.result import CheckResult, check_result, error_result
 from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.parity.weights import canonical_key, draw_state_dict, sample_indices, sha256
 from jax_cer.training.step import cross_entropy, graph_forward, trainable_filter
@@ -50,26 +51,6 @@ def default_golden_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent / "golden"
-
-
-@dataclasses.dataclass
-class CheckResult:
-    """One line of the parity report."""
-
-    case: str
-    check: str
-    key: str
-    """The worst key (layer, intermediate, parameter) of the check."""
-    max_error: float
-    tolerance: float
-    passed: bool
-    seconds: float
-    count: int = 1
-    """How many arrays the check covers."""
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -88,15 +69,30 @@ class GoldenFileError(RuntimeError):
     """A golden file is missing, or differs from its manifest (edited or corrupted)."""
 
 
+def missing_golden_hint(script: str) -> str:
+    """Where golden files come from, for the message of a missing one: they ship inside the package,
+    and ``script`` (e.g. ``repro/make_golden.py``) of the source repository regenerates them."""
+    return (
+        "the golden files ship with the jax-cer package (reinstall it, or pass --golden-dir / set "
+        f"JAX_CER_GOLDEN to a folder that holds them); in the source repository, {script} regenerates them "
+        "(needs torch)"
+    )
+
+
 def load_manifest(golden_dir: Path | None = None) -> dict[str, Any]:
+    """The golden manifest (``manifest.json``: cases, seeds, shapes, sha256 of every array) of
+    ``golden_dir`` (default :func:`default_golden_dir`)."""
     golden_dir = Path(golden_dir or default_golden_dir())
     path = golden_dir / "manifest.json"
     if not path.is_file():
-        raise GoldenFileError(
-            f"no golden manifest at {path}; regenerate with `python repro/make_golden.py` "
-            "(needs torch) or point JAX_CER_GOLDEN at a golden folder"
-        )
-    return json.loads(path.read_text())
+        raise GoldenFileError(f"no golden manifest at {path}: {missing_golden_hint('repro/make_golden.py')}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise GoldenFileError(f"{path} is not valid JSON ({e}); edited or corrupted?") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), dict):
+        raise GoldenFileError(f"{path} has no 'cases' mapping; is it a golden manifest?")
+    return manifest
 
 
 def verify_arrays(path: Path, arrays: Mapping[str, np.ndarray], listed: Mapping[str, Any]) -> None:
@@ -115,7 +111,9 @@ def load_case(name: str, manifest: Mapping[str, Any], golden_dir: Path | None = 
     meta = manifest["cases"][name]
     path = golden_dir / meta["file"]
     if not path.is_file():
-        raise GoldenFileError(f"golden file {path} is missing (listed in the manifest)")
+        raise GoldenFileError(
+            f"golden file {path} is missing (listed in the manifest): {missing_golden_hint('repro/make_golden.py')}"
+        )
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     verify_arrays(path, arrays, meta["arrays"])
@@ -159,19 +157,6 @@ def _max_abs(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def _worst(errors: Mapping[str, float]) -> tuple[str, float]:
-    if not errors:
-        return "-", 0.0
-    key = max(errors, key=lambda k: errors[k])
-    return key, errors[key]
-
-
-def _result(case, check, errors, tol, t0, detail="") -> CheckResult:
-    key, err = _worst(errors)
-    ok = bool(all(np.isfinite(v) and v <= tol for v in errors.values()))
-    return CheckResult(case, check, key, err, tol, ok, time.perf_counter() - t0, len(errors), detail)
-
-
 def check_layers(case: GoldenCase, model) -> CheckResult:
     """Each stored intermediate from its stage applied to reference inputs (tolerance ``layer``)."""
     t0 = time.perf_counter()
@@ -187,7 +172,7 @@ def check_layers(case: GoldenCase, model) -> CheckResult:
     for name in names:
         if name in ref:
             errors[name] = _max_abs(run_stage_from(stages, known, name), ref[name])
-    return _result(case.name, "layer", errors, TOLERANCES["layer"], t0)
+    return check_result(case.name, "layer", errors, TOLERANCES["layer"], t0)
 
 
 def _split(model, name: str):
@@ -216,7 +201,9 @@ def check_forward(case: GoldenCase, model) -> list[CheckResult]:
     loss, env, state_after = jax.block_until_ready(forward(params, rest, inputs))
     errors = {"output": _max_abs(env["__output__"], case.arrays["output"]), "loss": _max_abs(loss, case.arrays["loss"])}
     errors.update({k: _max_abs(env[k], v) for k, v in case.group("inter/").items()})
-    results = [_result(case.name, "forward", errors, TOLERANCES["forward"], t0, "outputs, loss, intermediates (fp32)")]
+    results = [
+        check_result(case.name, "forward", errors, TOLERANCES["forward"], t0, "outputs, loss, intermediates (fp32)")
+    ]
     if train:
         t0 = time.perf_counter()
         after = to_original_state_dict(model, values=state_after)
@@ -224,7 +211,7 @@ def check_forward(case: GoldenCase, model) -> list[CheckResult]:
             k: _max_abs(after[k], v) if k in after else float("inf") for k, v in case.group("state_after/").items()
         }
         results.append(
-            _result(case.name, "state", errors, TOLERANCES["state"], t0, "BatchNorm statistics after the pass")
+            check_result(case.name, "state", errors, TOLERANCES["state"], t0, "BatchNorm statistics after the pass")
         )
         model.eval()
     return results
@@ -269,7 +256,9 @@ def check_grads(case: GoldenCase, model) -> list[CheckResult]:
         k: _grad_error(g, case.arrays.get(f"grad_input/{k}"), k in none_inputs, f"input {k}", floor)
         for k, g in g_inputs.items()
     }
-    results = [_result(case.name, "grad input", errors, TOLERANCES["grad"], t0, "float64, relative to max |ref grad|")]
+    results = [
+        check_result(case.name, "grad input", errors, TOLERANCES["grad"], t0, "float64, relative to max |ref grad|")
+    ]
     results[0].seconds += compute
 
     t0 = time.perf_counter()
@@ -289,7 +278,7 @@ def check_grads(case: GoldenCase, model) -> list[CheckResult]:
             g = g.reshape(-1)[sample_indices(meta["seed_weights"], key, g.size, sampled[key])]
         errors[key] = _grad_error(g, ref, key in none_params, key, floor)
     detail = f"{len(listed)} tensors ({len(sampled)} sampled, {len(none_params)} never reached by the loss), float64"
-    results.append(_result(case.name, "grad params", errors, TOLERANCES["grad"], t0, detail))
+    results.append(check_result(case.name, "grad params", errors, TOLERANCES["grad"], t0, detail))
     return results
 
 
@@ -306,8 +295,17 @@ def _grad_error(ours, ref, must_be_zero: bool, what: str, floor: float = 0.0) ->
     return _max_abs(ours, ref) / scale
 
 
+def case_checks(meta: Mapping[str, Any], *, layers: bool = True) -> list[str]:
+    """The checks :func:`run_case` reports for a case (its manifest entry ``meta``), in order:
+    ``layer`` (eval-mode cases, unless ``layers`` is false), ``forward``, ``state`` (training-mode
+    cases), ``grad input``, ``grad params``."""
+    train = meta.get("mode", "eval") == "train"
+    checks = ["layer"] if layers and not train else []
+    return [*checks, "forward", *(["state"] if train else []), "grad input", "grad params"]
+
+
 def run_case(case: GoldenCase, *, layers: bool = True, attention_fn=None) -> list[CheckResult]:
-    """All checks of one case; exceptions become failed rows naming the error."""
+    """All checks of one case (see :func:`case_checks`); exceptions become failed rows naming the error."""
     t0 = time.perf_counter()
     with jax.default_matmul_precision("highest"):
         try:
@@ -319,11 +317,7 @@ def run_case(case: GoldenCase, *, layers: bool = True, attention_fn=None) -> lis
             results += check_grads(case, model)
             return results
         except Exception as e:
-            return [
-                CheckResult(
-                    case.name, "error", type(e).__name__, float("nan"), 0.0, False, time.perf_counter() - t0, 0, str(e)
-                )
-            ]
+            return [error_result(case.name, e, t0)]
 
 
 def run_all(

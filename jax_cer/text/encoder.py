@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from jax_cer.kernels.xla import AttentionFn
 from jax_cer.text.bert import (
-    AttentionFn,
     BertModel,
     bert_linear,
     default_checkpoint,
@@ -110,8 +111,6 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.dim), np.float32)
         starts = range(0, len(texts), batch_size)
         if progress:
-            from tqdm import tqdm
-
             starts = tqdm(starts, desc="embed", unit="batch")
         for s in starts:
             idx = order[s : s + batch_size]

@@ -9,7 +9,9 @@ the base weights). The branch is ``scaling * B(A(dropout(x)))`` with ``A ~ U(-1/
 ``alpha / sqrt(rank)`` with rsLoRA. The factors are :class:`LoRAParam` variables, so
 ``nnx.split(model, LoRAParam, ...)`` (or :func:`lora_trainable`, which adds a head) separates
 what trains from the frozen base. :func:`merge_lora` folds the branch into the base kernels
-(``W + scaling * A B``) and puts plain ``nnx.Linear`` layers back.
+(``W + scaling * A B``) and puts plain ``nnx.Linear`` layers back. :data:`LORA_NAMES` names the
+factors as PEFT does (``<module>.lora_A`` ``[r, in]``, ``<module>.lora_B`` ``[out, r]``), for
+:func:`jax_cer.statedict.entries_by_name`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jax_cer.statedict import LINEAR, ParamRow
+
+LORA_NAMES: tuple[ParamRow, ...] = (
+    ("lora_A", "lora_a", LINEAR),  # PEFT's A [r, in] = lora_a [in, r] transposed
+    ("lora_B", "lora_b", LINEAR),  # PEFT's B [out, r] = lora_b [r, out] transposed
+)
+"""Naming table of the LoRA factors: PEFT's parameter names and layouts."""
 
 
 class LoRAParam(nnx.Param):

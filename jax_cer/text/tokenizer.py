@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
 
 
 class Tokenizer:
@@ -21,10 +22,6 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs tokenizer.json")
-        try:
-            from tokenizers import Tokenizer as HFTokenizer
-        except ImportError as e:
-            raise ImportError("jax_cer.text needs the tokenizers package: pip install tokenizers") from e
         self.path = path
         self.hf = HFTokenizer.from_file(str(path))
         self.hf.no_padding()

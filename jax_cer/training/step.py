@@ -3,12 +3,13 @@
 The model is split once (``nnx.split``) into a static graph, its trainable parameters and the
 rest (BatchNorm statistics, frozen weights); the step is a pure function of those, compiled
 with plain :func:`jax.jit` (``nnx.jit`` walks the object graph in Python on every call).
+:func:`sgd_nesterov`, the original's optimizer, lives in :mod:`jax_cer.optim.sgd` and is importable here too.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,8 +18,22 @@ import optax
 from flax import nnx
 
 from jax_cer.models.graph import run_stages
+from jax_cer.optim.sgd import sgd_nesterov
 
 FUSION_MODELS = ("lfan", "can", "mt", "jmt")
+
+__all__ = [
+    "FUSION_MODELS",
+    "cross_entropy",
+    "graph_forward",
+    "make_forward",
+    "make_train_step",
+    "parameter_paths",
+    "path_names",
+    "sgd_nesterov",
+    "trainable_filter",
+    "unreached_parameters",
+]
 
 
 def trainable_filter(name: str):
@@ -42,17 +57,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
     return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def _key_name(k: Any) -> Any:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return getattr(k, attr)
-    return str(k)
+def path_names(path: Sequence[Any]) -> tuple:
+    """A JAX key path (``jax.tree_util`` keys) as a tuple of plain names and indices (``("bn", "bert", "scale")``)."""
+    names = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                names.append(getattr(k, attr))
+                break
+        else:
+            names.append(str(k))
+    return tuple(names)
 
 
 def parameter_paths(tree: Any) -> list[tuple]:
-    """The key path of every leaf of a parameter tree, as tuples of names (``("bn", "bert", "scale")``)."""
+    """The key path of every leaf of a parameter tree, as tuples of names (:func:`path_names`)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [tuple(_key_name(k) for k in path) for path, _ in leaves]
+    return [path_names(path) for path, _ in leaves]
 
 
 def unreached_parameters(model: Any, name: str) -> Callable[[tuple], bool]:
@@ -89,15 +110,6 @@ def graph_forward(model: Any, inputs: Mapping[str, jax.Array], rngs: nnx.Rngs | 
     env = run_stages(stages, inputs)
     env["__output__"] = env[out]
     return env
-
-
-def sgd_nesterov(learning_rate: float = 1e-3, weight_decay: float = 1e-4) -> optax.GradientTransformation:
-    """The original optimizer (spec §5.2): SGD, Nesterov momentum 0.9, coupled L2 weight decay.
-
-    Reproduces ``torch.optim.SGD(nesterov=True, momentum=0.9, weight_decay=1e-4)`` exactly,
-    first step included.
-    """
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=0.9, nesterov=True))
 
 
 def make_train_step(model: Any, name: str, tx: optax.GradientTransformation) -> tuple[Callable, Any]:

@@ -93,7 +93,7 @@ def random_bert_checkpoint(path, seed: int = 0, **config) -> str:
     time do not depend on the weights' values, so parity and timing on drawn weights measure the
     same code on the same shapes. Needs transformers.
     """
-    import transformers
+    import transformers  # noqa: PLC0415 - optional heavy package, only to write a drawn checkpoint
 
     torch.manual_seed(seed)
     cfg = transformers.BertConfig(**{**MINILM_L6, **config})

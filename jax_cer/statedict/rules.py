@@ -1,9 +1,12 @@
 """Layout rules between original PyTorch parameters and this package's Flax parameters.
 
-Every parameter of a model is listed once in an ordered table of :class:`Entry` rows
-(original key, path of the Flax variable, rule). A :class:`Rule` converts one array from the
-original layout to ours and back; every rule is a pure re-indexing (transpose, reshape,
-permutation, integer cast), so the same rule converts gradients too and a round trip is exact.
+A :class:`Rule` converts one array from the original layout to ours and back. Every rule is a pure
+re-indexing (transpose, reshape, permutation, integer cast), so the same rule converts gradients
+too and a round trip is exact. Conversion tables (:mod:`jax_cer.statedict.table`) pair each
+original key with the Flax variable that holds it and the rule between them; their rows are
+written ``(original name, Flax attribute, rule)`` (:data:`ParamRow`), whether a layer class
+declares them (the fusion models' ``TORCH_PARAMS``) or a naming table applies them to every
+variable of that leaf name (transformers' BERT, PEFT's LoRA factors).
 """
 
 from __future__ import annotations
@@ -88,19 +91,5 @@ def nchw_flatten_linear(channels: int, height: int, width: int) -> Rule:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One row of a model's conversion table."""
-
-    key: str
-    """Original state-dict key, e.g. ``temporal.video.network.0.conv1.weight_v``."""
-    path: tuple
-    """Path of the Flax variable inside the model, e.g. ``('temporal', 'video', 'network', 0, 'conv1', 'v')``."""
-    rule: Rule
-    torch_shape: tuple[int, ...]
-    torch_dtype: str
-    """``float32`` for parameters and statistics, ``int64`` for ``num_batches_tracked``."""
-    alias_of: str | None = None
-    """For the duplicated TCN keys (``net.0.*`` = ``conv1.*``): the key this one repeats."""
-    trainable: bool = True
-    """False for buffers (BatchNorm running statistics and counters)."""
+ParamRow = tuple[str, str, Rule]
+"""``(original name, Flax attribute, rule)``: e.g. ``("weight", "kernel", LINEAR)`` for a Linear layer."""

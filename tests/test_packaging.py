@@ -1,4 +1,4 @@
-"""The wheel: what it installs, under which import names, with which data and entry points."""
+"""The package as installed: the wheel's import names, data and entry points, and the documented import paths."""
 
 from __future__ import annotations
 
@@ -13,6 +13,22 @@ from pathlib import Path
 
 import pytest
 
+import jax_cer.lora
+import jax_cer.parallel
+import jax_cer.text.lora
+import jax_cer.text.textualize
+import jax_cer.textualize
+import jax_cer.train
+import jax_cer.train_step
+import jax_cer.training.fusion
+import jax_cer.training.parallel
+import jax_cer.training.step
+from jax_cer import metrics
+from jax_cer.kernels import AttentionFn, flash_attention, xla_attention
+from jax_cer.models import build_model, from_original_state_dict, to_original_state_dict
+from jax_cer.models.attention import dot_product_attention
+from jax_cer.optim import so
+from jax_cer.text import SentenceEncoder, TextClassifier, flash_attention_fn
 from tests.conftest import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -120,3 +136,15 @@ def test_wheel_declares_the_command_and_the_pytest_plugin(wheel) -> None:
     text = wheel.read(entry).decode()
     assert "jax-cer = jax_cer.cli:main" in text
     assert "[pytest11]" in text, "the pytest plugin (--jax-cer-repro) is not registered"
+
+
+def test_documented_import_paths_keep_working() -> None:
+    """The import paths the README documents, old ones included (aliases of the modules that moved)."""
+    assert jax_cer.lora is jax_cer.text.lora and jax_cer.textualize is jax_cer.text.textualize
+    assert jax_cer.train_step is jax_cer.training.step and jax_cer.parallel is jax_cer.training.parallel
+    assert jax_cer.train is jax_cer.training.fusion
+    assert callable(jax_cer.train_step.make_forward) and callable(jax_cer.parallel.data_mesh)
+    assert all(callable(f) for f in (flash_attention, xla_attention, dot_product_attention, so, build_model))
+    assert all(callable(f) for f in (from_original_state_dict, to_original_state_dict, flash_attention_fn))
+    assert callable(metrics.weighted_f1) and AttentionFn is not None
+    assert SentenceEncoder.from_pretrained and TextClassifier

@@ -73,6 +73,7 @@ def test_tcn_items_pass_from_an_empty_folder(tmp_path) -> None:
     assert float(props["max_error"]) <= float(props["tolerance"]) == 1e-4
 
 
+@pytest.mark.slow  # the default run's corrupted-file test covers how a failing case reaches its items
 def test_a_wrong_reference_fails_only_its_item(tmp_path) -> None:
     """A consistent but wrong golden output (manifest updated, via $JAX_CER_GOLDEN): the forward item
     fails with the check's worst key and error; the other items of the case still pass."""

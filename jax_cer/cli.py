@@ -22,9 +22,14 @@ from pathlib import Path
 from jax_cer.bench import report, runner
 from jax_cer.bench.load import load_files
 from jax_cer.parity.repro import run_repro
+from jax_cer.training.checkpoints import CheckpointError
 from jax_cer.training.configs import CONFIGS, TEXT_CONFIGS, RunConfig, TextTrainConfig, read_run_config
 from jax_cer.training.fusion import evaluate_checkpoint, train
+from jax_cer.training.parallel import Placement, initialize_processes, is_main, report_failure
 from jax_cer.training.text import evaluate_text_checkpoint, train_text
+
+RUN_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError, CheckpointError)
+"""What a training or evaluation run reports as ``error: ...`` (exit 2) instead of a traceback."""
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
@@ -191,7 +196,11 @@ def _add_train(sub) -> None:
             "--manual-dir (the original repos' layout) into --data-dir; frames need the IR-50 weights (--backbone). "
             "Text configurations (meld-text-full/lora/so, meld-fewshot-*, synthetic-text) fine-tune a BERT-family "
             "encoder (default all-MiniLM-L6-v2) on MELD's transcripts read from --data-dir (or $JAX_CER_MELD_DIR: "
-            "the folder of train/dev/test_sent_emo.csv), select on dev weighted F1 and score the kept model on test."
+            "the folder of train/dev/test_sent_emo.csv), select on dev weighted F1 and score the kept model on test. "
+            "Every local device takes part (data parallelism: the batch is split, the parameters replicated; "
+            "--set devices=1 for one); several hosts run one process each (--coordinator, --num-processes, "
+            "--process-id). Every checkpoint carries checksums, verified at each restore; a corrupt one is named and "
+            "the run falls back to the previous intact one."
         ),
         epilog=(
             "examples:\n"
@@ -201,7 +210,9 @@ def _add_train(sub) -> None:
             "  jax-cer train --config bah-jmt --manual-dir /data/cer --backbone /models/res50_ir_0.887.pth "
             "--set supervision=global\n"
             "  jax-cer train --config meld-text-lora --set epochs=3\n"
-            "  jax-cer train --config meld-fewshot-so --set shots=16 --set seed=2"
+            "  jax-cer train --config meld-fewshot-so --set shots=16 --set seed=2\n"
+            "  jax-cer train --config meld-text-lora --workdir /shared/run --coordinator host0:9876 --num-processes 2 "
+            "--process-id 0   # and --process-id 1 on the second host"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -227,7 +238,19 @@ def _add_train(sub) -> None:
     )
     t.add_argument("--backbone", metavar="FILE", help="IR-50 weights (res50_ir_0.887.pth); --set backbone")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_processes(t)
     t.set_defaults(func=cmd_train)
+
+
+def _add_processes(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several hosts",
+        "one process per host, every process with the same command and work directory (a shared file "
+        "system) except --process-id; under SLURM's srun or Open MPI's mpirun the three flags may be omitted",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (jax.distributed coordinator)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..N-1")
 
 
 def _add_eval(sub) -> None:
@@ -241,6 +264,7 @@ def _add_eval(sub) -> None:
         help="which split to score (default val; on C-EXPR-DB test is val, as the original protocol; MELD: dev/test)",
     )
     e.add_argument("--json", metavar="PATH", help="also write the metrics as JSON to PATH")
+    _add_processes(e)
     e.set_defaults(func=cmd_eval)
 
 
@@ -311,57 +335,75 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = _config_from_args(args)
     workdir = Path(args.workdir or Path("runs") / args.config)
-    print(f"jax-cer train: {args.config} -> {workdir}", flush=True)
-    if isinstance(cfg, TextTrainConfig):
-        return _train_text(cfg, workdir, args)
     try:
-        out = train(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
+        several = initialize_processes(args.coordinator, args.num_processes, args.process_id)
+        placement = Placement(cfg.devices)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if is_main():
+        print(f"jax-cer train: {args.config} -> {workdir} on {placement.describe()}", flush=True)
+    trainer = train_text if isinstance(cfg, TextTrainConfig) else train
+    try:
+        out = trainer(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress, placement=placement)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except RUN_ERRORS as err:
+        if several:
+            report_failure(err)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    val = out["val"]
-    shown = ", ".join(f"{k} {val[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap") if k in val)
-    print(f"done: {out['step']} steps; validation {shown}; best {out['select']} {out['best']:.4f}")
-    test = out["test"]
-    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap", out["select"]) if k in test)
-    print(f"best checkpoint on the test split: {shown}")
+    except Exception as err:
+        report_failure(err)
+        raise
+    if not is_main():
+        return 0
+    if isinstance(cfg, TextTrainConfig):
+        _print_text(out)
+    else:
+        _print_fusion(out)
     print(f"checkpoints in {workdir / 'checkpoints'}; metrics log {workdir / 'metrics.jsonl'}")
     return 0
 
 
-def _train_text(cfg: TextTrainConfig, workdir: Path, args: argparse.Namespace) -> int:
-    try:
-        out = train_text(cfg, workdir, resume=not args.no_resume, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _print_fusion(out: dict) -> None:
+    val = out["val"]
+    shown = ", ".join(f"{k} {val[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap") if k in val)
+    shown = f"; last validation {shown}" if shown else ""  # a finished run launched again validates nothing
+    print(f"done: {out['step']} steps{shown}; best {out['select']} {out['best']:.4f}")
+    test = out["test"]
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap", out["select"]) if k in test)
+    print(f"best checkpoint on the test split: {shown}")
+
+
+def _print_text(out: dict) -> None:
     print(f"done: {out['step']} steps; {out['trainable_params']:,} of {out['params']:,} parameters trained")
     for split in ("val", "test"):
         if out[split]:
             r = out[split]
             print(f"kept model (step {out['kept_step']}) on {split}: accuracy {r['accuracy']:.4f}, "
                   f"weighted F1 {r['weighted_f1']:.4f}")  # fmt: skip
-    print(f"checkpoints in {workdir / 'checkpoints'}; metrics log {workdir / 'metrics.jsonl'}")
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``jax-cer eval``: scores a run's checkpoint, the fusion or the text way as its ``config.json`` says."""
+    """``jax-cer eval``: scores a run's checkpoint, the fusion or the text way as its ``config.json`` says.
+
+    With several processes each scores the checkpoint whole on one of its devices; process 0 prints.
+    """
     try:
+        initialize_processes(args.coordinator, args.num_processes, args.process_id)
         text = isinstance(read_run_config(args.workdir), TextTrainConfig)
         run = evaluate_text_checkpoint if text else evaluate_checkpoint
-        res = run(args.workdir, args.which, args.split, progress=True)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        res = run(args.workdir, args.which, args.split, progress=is_main())
+    except RUN_ERRORS as err:
+        if is_main():
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    for k, v in res.items():
-        print(f"{k:<32} {v:.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    if is_main():
+        for k, v in res.items():
+            print(f"{k:<32} {v:.4f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
 
 

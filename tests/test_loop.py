@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jax_cer.text import default_checkpoint
-from jax_cer.training.checkpoints import checkpoint_managers, prepare_workdir, restore
+from jax_cer.training.checkpoints import CheckpointStore, prepare_workdir, read_checkpoint
 from jax_cer.training.configs import TEXT_CONFIGS, TrainConfig
 from jax_cer.training.fusion import FusionTask
 from jax_cer.training.loop import RunResult, Schedule, Task, finite_loss, run
@@ -70,6 +70,11 @@ def _run(task: Task, workdir: Path, **kw: Any) -> RunResult:
     return run(task, _init(), workdir, progress=False, **kw)
 
 
+def _position(store: CheckpointStore, step: int) -> dict[str, Any]:
+    meta = store.manifest(step)
+    return {k: meta[k] for k in ("epoch", "batch", "step", "best", "best_step")}
+
+
 def _records(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -87,10 +92,9 @@ def test_untrained_first_and_ties_go_to_the_later_validation(tmp_path: Path) -> 
     # the tie at step 6 beats the untrained model; the kept state (restored from best) is scored on test
     assert records[-1] == out.final == {"step": 9, "kept_step": 6, "test": {"score": 0.5, "t": 6}}
     assert task.evaluated[-1] == (6, "test")
-    latest, best = checkpoint_managers(tmp_path, 1)
-    assert best.best_step() == 6 and latest.latest_step() == 9
-    _, meta = restore(latest, _init())
-    assert meta == {"epoch": 3, "batch": 0, "step": 9, "best": 0.5}
+    store = CheckpointStore(tmp_path, 1)
+    assert store.steps() == [6, 9] and store.pick("best") == 6 and store.pick("latest") == 9  # keep 1, and the best
+    assert _position(store, 9) == {"epoch": 3, "batch": 0, "step": 9, "best": 0.5, "best_step": 6}
     # without validate_untrained the first validation starts the tracker
     task = Toy(dataclasses.replace(sched, validate_untrained=False), scores={3: 0.2, 6: 0.1, 9: 0.2})
     out = _run(task, tmp_path / "b")
@@ -103,23 +107,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     ref = _run(Toy(sched, scores), tmp_path / "ref")
     stopped = _run(Toy(sched, scores), tmp_path / "run", stop_after_steps=5)  # mid-epoch, not a save_every step
     assert (stopped.step, stopped.stopped, stopped.final) == (5, True, {})
-    latest, _ = checkpoint_managers(tmp_path / "run", 2)
-    assert latest.all_steps() == [4, 5]  # the validation of step 4, and the stop
+    assert CheckpointStore(tmp_path / "run").steps() == [4, 5]  # the validation of step 4, and the stop
     again = _run(Toy(sched, scores), tmp_path / "run")
     assert again.final == ref.final and again.best == ref.best == 0.3 and again.final["kept_step"] == 8
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
-    for d in ("ref", "run"):
-        latest, _ = checkpoint_managers(tmp_path / d, 2)
-        assert latest.all_steps() == [10, 12]
-    a, _ = restore(checkpoint_managers(tmp_path / "ref", 2)[0], _init())
-    b, _ = restore(checkpoint_managers(tmp_path / "run", 2)[0], _init())
+    for d in ("ref", "run"):  # the 2 newest, and the best (step 8)
+        assert CheckpointStore(tmp_path / d).steps() == [8, 10, 12]
+    a, _ = read_checkpoint(tmp_path / "ref", _init())
+    b, _ = read_checkpoint(tmp_path / "run", _init())
     np.testing.assert_array_equal(a["w"], b["w"])
     # logged: every 3 steps and the last one (no epoch-end logging for this task)
     assert [r["step"] for r in _records(tmp_path / "ref") if "loss" in r] == [3, 6, 9, 12]
     # a fresh start deletes the checkpoints and the log
     fresh = _run(Toy(sched, scores), tmp_path / "run", resume=False, stop_after_steps=1)
     assert fresh.step == 1 and _records(tmp_path / "run") == [{"step": 0, "params": 4}]
-    assert checkpoint_managers(tmp_path / "run", 2)[0].all_steps() == [1]
+    assert CheckpointStore(tmp_path / "run").steps() == [1]
 
 
 def test_without_selection_the_final_state_is_kept(tmp_path: Path) -> None:
@@ -130,9 +132,12 @@ def test_without_selection_the_final_state_is_kept(tmp_path: Path) -> None:
     assert not any("val" in r for r in records) and out.val == {} and out.best == -np.inf
     assert [r["step"] for r in records if "loss" in r] == [3, 5, 6, 7]  # epoch ends, every 5, the last step
     assert out.final == {"step": 7, "kept_step": 7, "test": {"score": 0.0, "t": 7}}
-    latest, best = checkpoint_managers(tmp_path, 1)
-    assert latest.latest_step() == 7 and best.latest_step() is None
-    assert restore(latest, _init())[1] == {"epoch": 2, "batch": 1, "step": 7, "best": -np.inf}
+    store = CheckpointStore(tmp_path)
+    assert store.steps() == [7] and store.pick("latest") == 7
+    assert _position(store, 7) == {"epoch": 2, "batch": 1, "step": 7, "best": None, "best_step": None}
+    with pytest.raises(FileNotFoundError, match="has no best checkpoint"):
+        store.pick("best")
+    assert store.pick("best", latest_without_best=True) == 7
 
 
 def test_non_finite_loss_names_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -141,16 +146,12 @@ def test_non_finite_loss_names_the_last_good_checkpoint(tmp_path: Path) -> None:
         FloatingPointError, match=r"loss is nan at step 5 \(epoch 0\); the last good checkpoint is step 4"
     ):
         _run(Toy(sched, nan_at=5), tmp_path)
-    latest, _ = checkpoint_managers(tmp_path, 1)
-    assert latest.latest_step() == 4
-
-    class Latest:
-        def latest_step(self) -> int:
-            return 40
-
-    assert finite_loss(np.float32(0.5), "step 41", Latest(), tmp_path) == 0.5
-    with pytest.raises(FloatingPointError, match=str(tmp_path / "checkpoints" / "latest")):
-        finite_loss(np.float32("inf"), "step 42", Latest(), tmp_path)
+    assert CheckpointStore(tmp_path).steps() == [4]  # keep=1; nothing past the last finite step
+    assert finite_loss(np.float32(0.5), "step 41", 40, tmp_path) == 0.5
+    with pytest.raises(FloatingPointError, match=str(tmp_path / "checkpoints" / "step_00000040")):
+        finite_loss(np.float32("inf"), "step 42", 40, tmp_path)
+    with pytest.raises(FloatingPointError, match="no checkpoint was saved before it"):
+        finite_loss(np.float32("nan"), "step 1", None, tmp_path)
 
 
 def test_schedule_errors() -> None:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cer.training.parallel import data_mesh, shard_batch
+from jax_cer.training.parallel import Placement, data_mesh, shard_batch
 from tests.conftest import REPO
 
 SCRIPT = r"""
@@ -83,3 +83,30 @@ def test_shard_batch_names_a_batch_that_does_not_split() -> None:
         fake = type("M", (), {"devices": np.empty(4, object)})()
         with pytest.raises(ValueError, match=r"\['x'\] has shape \(3, 2\).*multiple of the 4 devices"):
             shard_batch({"x": np.zeros((3, 2))}, fake)
+
+
+def test_placement_names_a_batch_or_device_count_that_does_not_fit() -> None:
+    n_local = len(jax.local_devices())
+    with pytest.raises(ValueError, match=rf"devices={n_local + 1}: this process has {n_local} device"):
+        Placement(n_local + 1)
+    with pytest.raises(ValueError, match="devices=-1"):
+        Placement(-1)
+    placement = Placement(1)
+    assert placement.size == 1 and placement.describe() == "1 device (cpu)"
+    placement.check_batch_size(3)
+    placement.size = 4  # as on a host with 4 devices
+    with pytest.raises(
+        ValueError, match=r"batch_size=6 does not split over the 4 devices \(cpu\): set batch_size to a multiple of 4"
+    ):
+        placement.check_batch_size(6)
+    placement.check_batch_size(8)
+
+
+def test_placement_feeds_and_replicates_on_one_process() -> None:
+    placement = Placement(1)
+    assert placement.rows(6) == slice(0, 6)
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    placed = placement.batch({"x": x}, 6)
+    np.testing.assert_array_equal(np.asarray(placed["x"]), x)
+    state = placement.replicate({"w": np.ones(3, np.float32)})
+    assert placement.local(state)["w"].devices() == {jax.local_devices()[0]}

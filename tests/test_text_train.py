@@ -18,7 +18,7 @@ from jax_cer.cli import main
 from jax_cer.data.layout import MELD_EMOTIONS, LayoutError, MissingFileError, read_meld_tables
 from jax_cer.text import default_checkpoint
 from jax_cer.text.textualize import MELD_TEXT_LABELS, meld_label, textualize
-from jax_cer.training.checkpoints import checkpoint_managers
+from jax_cer.training.checkpoints import CheckpointStore
 from jax_cer.training.configs import TEXT_CONFIGS, TextTrainConfig
 from jax_cer.training.text import make_text_optimizer, so_dense_flags, train_text
 from jax_cer.training.text_data import few_shot_indices, load_text_data, meld_dir, meld_text_splits
@@ -170,18 +170,20 @@ def test_text_resume_is_bit_identical(tmp_path: Path) -> None:
     assert stopped == {"step": 4, "stopped": True, "val": vals[0]["val"]}
     assert train_text(cfg, tmp_path / "run", progress=False) == ref
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
-    best = max(r["val"][cfg.select] for r in vals)
+    best = max(vals, key=lambda r: (r["val"][cfg.select], r["step"]))
     states = []
     for d in ("ref", "run"):
-        folder = tmp_path / d / "checkpoints" / "latest" / "7"
-        assert checkpoint_managers(tmp_path / d, cfg.keep)[0].latest_step() == 7
-        assert json.loads((folder / "meta" / "metadata").read_text()) == {
+        store = CheckpointStore(tmp_path / d)
+        assert store.steps() == [best["step"], 7] if best["step"] != 7 else store.steps() == [7]
+        meta = store.manifest(7)
+        assert {k: meta[k] for k in ("epoch", "batch", "step", "best", "best_step")} == {
             "epoch": 1,
             "batch": 0,
             "step": 7,
-            "best": best,
+            "best": best["val"][cfg.select],
+            "best_step": best["step"],
         }
-        states.append(jax.tree.leaves(ocp.StandardCheckpointer().restore(folder / "state")))
+        states.append(jax.tree.leaves(ocp.StandardCheckpointer().restore(store.path(7) / "state")))
     assert len(states[0]) == len(states[1]) > 10
     for a, b in zip(*states, strict=True):
         np.testing.assert_array_equal(a, b)

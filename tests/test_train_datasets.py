@@ -15,7 +15,7 @@ from flax import nnx
 from jax_cer.data.pipeline import zscore_stats
 from jax_cer.models import IR50, build_model, from_original_state_dict, torch_entries
 from jax_cer.parity.weights import draw_state_dict
-from jax_cer.training.checkpoints import checkpoint_managers, restore
+from jax_cer.training.checkpoints import read_checkpoint
 from jax_cer.training.configs import TrainConfig
 from jax_cer.training.evaluate import score
 from jax_cer.training.fusion import build, build_run_model, evaluate_checkpoint, train
@@ -79,9 +79,8 @@ def test_cexpr_with_other(tmp_path: Path) -> None:
     assert evaluate_checkpoint(tmp_path / "run", "latest", "test") == pytest.approx(val, rel=1e-12)
 
     # CAN's conv_c never reaches the loss: PyTorch skips it (no decay, no momentum), so must we
-    latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
-    (params, _, _), _ = restore(latest, template)
+    (params, _, _), _ = read_checkpoint(tmp_path / "run", template)
     before, after = _leaves(init), _leaves(params)
     skipped = [p for p in before if p[0] == "conv_c"]
     assert skipped
@@ -121,9 +120,8 @@ def test_bah_frames_global_supervision(tmp_path: Path) -> None:
     assert set(out["val"]) == {"loss", "accuracy", "f1_0", "f1_1", "avgf1", "weighted_f1", "ap"}
     assert out["val"]["avgf1"] == pytest.approx((out["val"]["f1_0"] + out["val"]["f1_1"]) / 2)
     # in training mode the frozen IR-50's BatchNorm statistics drift (its weights stay as loaded)
-    latest, _ = checkpoint_managers(tmp_path / "run", cfg.keep)
     _, _, _, template, _ = build(cfg)
-    (_, stats, _), _ = restore(latest, template)
+    (_, stats, _), _ = read_checkpoint(tmp_path / "run", template)
     drift = {p: v for p, v in _leaves(stats).items() if p[:2] == ("spatial", "visual") and "mean" in p[-2:]}
     assert drift
     start = _leaves(nnx.state(model, nnx.BatchStat))  # as loaded, before training

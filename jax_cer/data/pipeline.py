@@ -21,7 +21,7 @@ A clip is a mapping of per-frame arrays that share their first axis n: modalitie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -183,9 +183,20 @@ class WindowBatches:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
 
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        for _, batch in self.epoch_rows(epoch):
+            yield batch
+
+    def epoch_rows(
+        self, epoch: int, rows: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(n, part)`` per batch of ``epoch``: the batch's row count and the rows ``rows(n)`` of it
+        (all by default); only those windows are read (a process's share of a global batch)."""
         order = self.order(epoch)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            n = len(idx)
+            if rows is not None:
+                idx = idx[rows(n)]
             samples = []
             for i in idx:
                 c, s, e = self.windows[i]
@@ -194,4 +205,4 @@ class WindowBatches:
                     rng = np.random.default_rng([self.seed, epoch, int(i), 1])
                     sample["video"] = video_transform(sample["video"], train=True, rng=rng)
                 samples.append(sample)
-            yield {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+            yield n, {k: np.stack([s[k] for s in samples]) for k in samples[0]}

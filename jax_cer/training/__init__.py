@@ -2,10 +2,11 @@
 
 - :mod:`~jax_cer.training.configs`: the run configurations and the named ones of ``jax-cer train``;
 - :mod:`~jax_cer.training.loop`: the training loop (resume, logging, validation, checkpoints);
-- :mod:`~jax_cer.training.checkpoints`: a run's work directory (config.json, metrics.jsonl, orbax);
+- :mod:`~jax_cer.training.checkpoints`: a run's work directory (config.json, metrics.jsonl, checksummed
+  orbax checkpoints);
 - :mod:`~jax_cer.training.fusion` and :mod:`~jax_cer.training.text`: the two tasks, their
   trainers and checkpoint evaluation; their data in :mod:`~jax_cer.training.fusion_data` and
   :mod:`~jax_cer.training.text_data`; scoring in :mod:`~jax_cer.training.evaluate`;
 - :mod:`~jax_cer.training.step`: the jitted step and forward; :mod:`~jax_cer.training.parallel`:
-  data parallelism.
+  data parallelism over the devices of one host or several (``jax.distributed``).
 """

@@ -88,6 +88,8 @@ class TrainConfig:
     density: float = 5e-3
     refresh_every: int = 20
     seed: int = 0
+    devices: int = 0
+    """Devices per process the batch is split over (0: every local device; 1: no data parallelism)."""
     log_every: int = 10
     save_every: int = 0
     """Also save every N steps inside an epoch (0: at epoch ends only)."""
@@ -108,6 +110,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "window", "hop", "lr_step", "keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.devices < 0:
+            raise ValueError(f"devices must be >= 0 (0: every local device), got {self.devices}")
         known = ("video", "vggish", "bert")
         if (
             not self.modalities
@@ -235,6 +239,7 @@ class TextTrainConfig:
     select: str = "weighted_f1"  # dev metric for the best checkpoint; "final" = no dev, the final model
     eval_every: int = 0  # steps between dev evaluations (0 = each epoch)
     seed: int = 0
+    devices: int = 0  # devices per process the batch is split over (0 = every local device, 1 = one)
     log_every: int = 20
     keep: int = 1
 
@@ -261,6 +266,8 @@ class TextTrainConfig:
         for name in ("batch_size", "eval_batch_size", "max_length", "lora_rank", "refresh_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.devices < 0:
+            raise ValueError(f"devices must be >= 0 (0: every local device), got {self.devices}")
         if self.epochs < 1 and self.steps < 1:
             raise ValueError("set epochs >= 1 or steps >= 1")
 

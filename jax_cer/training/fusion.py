@@ -15,11 +15,11 @@ learning rate (base 1e-3 whatever ``lr`` says). ``optimizer`` may also be ``adam
 (:func:`jax_cer.optim.so`).
 
 Resuming: the state (parameters, BatchNorm statistics, optimizer state) and the position (epoch,
-batch, step) come from the newest checkpoint; the data order is a function of (seed, epoch) and
-dropout keys of (seed, step), so a resumed run continues exactly where it stopped: on CPU its
-parameters, optimizer state and metrics equal an uninterrupted run's bit for bit. Orbax writes a
-checkpoint into a temporary folder and renames it when complete, so a crash during a save leaves
-the previous checkpoint as the newest restorable one.
+batch, step) come from the newest intact checkpoint; the data order is a function of (seed, epoch)
+and dropout keys of (seed, step), so a resumed run continues exactly where it stopped: on CPU its
+parameters, optimizer state and metrics equal an uninterrupted run's bit for bit. Checkpoints,
+their checksums and the crash guarantees: :mod:`jax_cer.training.checkpoints`; devices and hosts:
+:mod:`jax_cer.training.parallel`.
 """
 
 from __future__ import annotations
@@ -30,19 +30,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from jax_cer.data.pipeline import WindowBatches
 from jax_cer.models import build_model, from_original_state_dict
 from jax_cer.optim import sgd_nesterov, so
-from jax_cer.training.checkpoints import (
-    MetricsLog,
-    checkpoint_managers,
-    prepare_workdir,
-    restore,
-    save_checkpoint,
-)
+from jax_cer.training.checkpoints import CheckpointStore, MetricsLog, prepare_workdir
 from jax_cer.training.configs import (
     CONFIGS,
     MODELS,
@@ -56,7 +51,8 @@ from jax_cer.training.configs import (
 )
 from jax_cer.training.evaluate import evaluate, predict, score
 from jax_cer.training.fusion_data import frame_targets, load_data, model_inputs
-from jax_cer.training.loop import Schedule, Task, finite_loss, run, settle
+from jax_cer.training.loop import Schedule, Task, finite_loss, run
+from jax_cer.training.parallel import Placement, is_main, sync
 from jax_cer.training.step import make_forward, make_train_step, path_names, trainable_filter, unreached_parameters
 
 # the names of this module before the training package was split (``jax_cer.train`` is this module)
@@ -66,12 +62,12 @@ __all__ = [
     "OPTIMIZERS",
     "SUPERVISION",
     "VIDEO_RULES",
+    "CheckpointStore",
     "FusionTask",
     "MetricsLog",
     "TrainConfig",
     "build",
     "build_run_model",
-    "checkpoint_managers",
     "eval_state",
     "evaluate",
     "evaluate_checkpoint",
@@ -83,10 +79,7 @@ __all__ = [
     "model_inputs",
     "predict",
     "prepare_workdir",
-    "restore",
-    "save_checkpoint",
     "score",
-    "settle",
     "train",
 ]
 
@@ -187,12 +180,22 @@ class FusionTask(Task):
     Builds the model, its step and forward (:func:`build`) and loads the data (:func:`load_data`,
     the z-score cache in ``workdir``); :attr:`initial_state` is ``(params, stats, opt_state)``. The
     learning rate of each epoch is set by the step schedule (``TrainConfig.lr_at``) before its
-    first batch; the progress bar shows frames/s.
+    first batch; the progress bar shows frames/s. ``placement``: the devices (default: ``cfg.devices``
+    per process); each process reads only its windows of every batch.
     """
 
-    def __init__(self, cfg: TrainConfig, workdir: str | Path | None = None, progress: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        workdir: str | Path | None = None,
+        progress: bool = False,
+        placement: Placement | None = None,
+    ):
         self.cfg, self.progress = cfg, progress
+        self.placement = placement or Placement(cfg.devices)
+        self.placement.check_batch_size(cfg.batch_size)
         self.model, self.step_fn, self.forward, self.initial_state, self.frozen = build(cfg)
+        self.frozen_placed = self.placement.replicate(self.frozen)
         self.data = load_data(cfg, workdir)
         train_clips = self.data["train"]
         self.windows = WindowBatches(
@@ -221,19 +224,22 @@ class FusionTask(Task):
         )
 
     def batches(self, epoch: int):
-        return self.windows.epoch(epoch)
+        cfg = self.cfg
+        for n, part in self.windows.epoch_rows(epoch, self.placement.rows):
+            x = {k: np.asarray(part[k], np.float32) for k in cfg.modalities}
+            y = frame_targets(cfg, part)
+            w = None if cfg.count_padding else np.asarray(part["valid"], np.float32)
+            yield self.placement.batch((x, y, w), n)
 
     def begin_epoch(self, state: Any, epoch: int) -> Any:
-        state[2].hyperparams["learning_rate"] = jnp.asarray(self.cfg.lr_at(epoch), jnp.float32)
+        lr = self.placement.replicate(jnp.asarray(self.cfg.lr_at(epoch), jnp.float32))
+        state[2].hyperparams["learning_rate"] = lr
         return state
 
     def step(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:
-        cfg = self.cfg
         params, stats, opt_state = state
-        x = model_inputs(batch, cfg.modalities)
-        y = jnp.asarray(frame_targets(cfg, batch))
-        w = None if cfg.count_padding else jnp.asarray(batch["valid"], jnp.float32)
-        params, stats, opt_state, loss = self.step_fn(params, stats, opt_state, self.frozen, x, y, key, w)
+        x, y, w = batch
+        params, stats, opt_state, loss = self.step_fn(params, stats, opt_state, self.frozen_placed, x, y, key, w)
         return (params, stats, opt_state), loss
 
     def log_fields(self, epoch: int) -> dict[str, Any]:
@@ -244,9 +250,11 @@ class FusionTask(Task):
         return {"frames_s": f"{frames / max(seconds, 1e-9):,.0f}"}
 
     def evaluate(self, state: Any, split: str) -> dict[str, float]:
-        params, stats, _ = state
+        params, stats, _ = self.placement.local(state)
         full = eval_state(self.model, self.cfg.model, params, stats, self.frozen)
-        return evaluate(self.cfg, self.forward, full, self.data[split], self.model, progress=self.progress)
+        return evaluate(
+            self.cfg, self.forward, full, self.data[split], self.model, progress=self.progress and is_main()
+        )
 
     def final_record(self, kept: Any, kept_step: int, step: int, last_val: dict[str, float]) -> dict[str, Any]:
         # as the original, the kept (best) model is finally scored on the test split
@@ -260,15 +268,18 @@ def train(
     resume: bool = True,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
     """Trains (or resumes) a run; returns the final validation metrics and the step reached.
 
     ``stop_after_steps``: stop (after saving) once the global step reaches it, as an interruption.
+    ``placement``: the devices (default: ``cfg.devices`` per process, see :class:`Placement`).
     """
     workdir = prepare_workdir(workdir, config_json(cfg), resume)
-    if not resume:
+    if not resume and is_main():
         (workdir / "zscore.npz").unlink(missing_ok=True)
-    task = FusionTask(cfg, workdir, progress)
+    sync("jax_cer:fusion:zscore")
+    task = FusionTask(cfg, workdir, progress, placement)
     out = run(task, task.initial_state, workdir, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
     if out.stopped:
         return {"step": out.step, "stopped": True, "val": out.val, "select": task.select}
@@ -294,13 +305,10 @@ def evaluate_checkpoint(
     cfg = read_run_config(workdir)
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"{workdir} is a text run: score it with jax_cer.training.text.evaluate_text_checkpoint")
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    task = FusionTask(cfg, workdir, progress)
-    latest, best = checkpoint_managers(workdir, cfg.keep)
-    manager = best if which == "best" else latest
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    state, _ = restore(manager, task.initial_state, step)
+    store = CheckpointStore(workdir, cfg.keep)
+    step = store.pick(which)
+    task = FusionTask(cfg, workdir, progress, Placement(1))
+    state = store.restore(step, task.initial_state)
     return task.evaluate(state, split)

@@ -8,6 +8,7 @@ with statistics over train + val, as the original.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from jax_cer.data.clips import ClipSource, open_splits
 from jax_cer.data.pipeline import ZSCORE_KEYS, apply_zscore, zscore_stats
 from jax_cer.data.synthetic import synthetic_clips
 from jax_cer.training.configs import TrainConfig
+from jax_cer.training.parallel import is_main
 
 
 def _synthetic(cfg: TrainConfig) -> dict[str, list[dict]]:
@@ -77,9 +79,9 @@ def load_data(cfg: TrainConfig, workdir: str | Path | None = None) -> dict[str, 
         both = _Concat([raw["train"], raw["val"]])
         stats = zscore_stats(both)
         lengths = raw["train"].lengths
-        if cache is not None:
+        if cache is not None and is_main():
             arrays = {f"{k}_{s}": stats[k][s] for k in ZSCORE_KEYS for s in ("mean", "std")}
-            tmp = cache.with_suffix(".tmp.npz")
+            tmp = cache.with_name(f".zscore.{os.getpid()}.tmp.npz")
             np.savez(tmp, train_lengths=np.asarray(lengths, np.int64), **arrays)
             tmp.replace(cache)
     return {k: ClipSource(v, stats=stats, lengths=lengths if k == "train" else None) for k, v in sources.items()}

@@ -4,19 +4,27 @@ A :class:`Task` holds what differs between them: its batches, its jitted step, i
 a split and its final record; a :class:`Schedule` says when the loop logs, validates and saves.
 The loop owns everything else, the same for every task:
 
-- the work directory (:mod:`jax_cer.training.checkpoints`): ``metrics.jsonl``, the ``latest``
-  and ``best`` checkpoint managers, resume from the newest checkpoint or a fresh start;
+- the devices (:class:`~jax_cer.training.parallel.Placement`, the task's ``placement``): the state is
+  replicated over the run's data mesh, the task's batches are split over it; with several processes
+  every process runs this loop, and only process 0 writes ``metrics.jsonl`` and the progress bar;
+- the work directory (:mod:`jax_cer.training.checkpoints`): ``metrics.jsonl`` and the checkpoints;
+  resume from the newest intact checkpoint (falling back past corrupt ones, saying so) or a fresh
+  start;
 - the position: step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, the
   batches of an epoch are a function of the epoch and the dropout key of a step is
   ``fold_in(key(seed), s)``, so a resumed run continues exactly where it stopped (on CPU its state
   and ``metrics.jsonl`` equal an uninterrupted run's bit for bit);
+- the loss of every step is checked before anything is logged, validated or saved (and at least
+  every ``CHECK_EVERY`` steps; the checks wait for the device, so they are not made after each
+  step): a non-finite loss stops the run before any save, with an error naming the step and the
+  last good checkpoint, so only finite checkpoints ever exist;
 - logging (``{"step", "epoch", "loss", ...}``) every ``log_every`` steps, at the last step and,
-  with ``log_epoch_ends``, at each epoch's last batch; a non-finite logged loss stops the run
-  with an error naming the last good checkpoint;
+  with ``log_epoch_ends``, at each epoch's last batch;
 - validation every ``eval_every`` steps and at the last step: the state with the best
-  ``task.select`` metric (``>=``: ties go to the later validation) is kept in ``checkpoints/best``;
-  ``validate_untrained`` validates the untrained state first (step 0) and starts the tracker with it;
-- ``checkpoints/latest``: at each validation, every ``save_every`` steps and at the last step;
+  ``task.select`` metric (``>=``: ties go to the later validation; with several processes, process
+  0's score decides) is the best checkpoint; ``validate_untrained`` validates the untrained state
+  first (step 0) and starts the tracker with it;
+- checkpoints: at each validation, every ``save_every`` steps and at the last step;
 - the end: the kept state (the best checkpoint, or the final state when ``task.select`` is None)
   goes to ``task.final_record``, whose record is the last line of ``metrics.jsonl``;
 - a progress bar (loss and the task's rate: frames/s or steps/s) and the interruption message.
@@ -36,7 +44,11 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from jax_cer.training.checkpoints import MetricsLog, checkpoint_managers, restore, save_checkpoint
+from jax_cer.training.checkpoints import CheckpointStore, MetricsLog, position_meta
+from jax_cer.training.parallel import Placement, agree, is_main
+
+CHECK_EVERY = 50
+"""The most steps whose losses go unchecked (a check waits for the device)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +79,6 @@ class Schedule:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def position(self, step: int, best: float) -> dict[str, Any]:
-        """A checkpoint's metadata: the epoch and batch that come next, the step, the best score so far."""
-        return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch, "step": step, "best": best}
-
 
 class Task(abc.ABC):
     """The task-specific parts of a run.
@@ -78,15 +86,19 @@ class Task(abc.ABC):
     ``name``: the progress bar's label. ``select``: the validation metric that picks the kept
     state, or None to keep the final state (no validation). ``schedule``: see :class:`Schedule`.
     The state is any pytree (what a checkpoint holds); :meth:`step` may donate it.
+    ``placement``: the run's devices; :meth:`batches` yields batches placed with it
+    (:meth:`~jax_cer.training.parallel.Placement.batch`), and the loop replicates the state on it.
     """
 
     name: str
     select: str | None
     schedule: Schedule
+    placement: Placement | None = None
 
     @abc.abstractmethod
     def batches(self, epoch: int) -> Iterable[Any]:
-        """The training batches of ``epoch``, ``schedule.steps_per_epoch`` of them, a function of the epoch."""
+        """The training batches of ``epoch``, ``schedule.steps_per_epoch`` of them, a function of the epoch,
+        placed on the devices (each process materializes only its rows of each global batch)."""
 
     @abc.abstractmethod
     def step(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:
@@ -94,7 +106,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, state: Any, split: str) -> dict[str, float]:
-        """The metrics of ``state`` on a split (``val`` or ``test``)."""
+        """The metrics of ``state`` (replicated) on a split (``val`` or ``test``), computed whole in every process."""
 
     @abc.abstractmethod
     def final_record(self, kept: Any, kept_step: int, step: int, last_val: dict[str, float]) -> dict[str, Any]:
@@ -120,8 +132,8 @@ class Task(abc.ABC):
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     """What :func:`run` returns: the step reached, whether ``stop_after_steps`` stopped it, the last
-    validation metrics of this process (``{}`` if none), the best validation score (``-inf`` if
-    none), and the final record (``{}`` when stopped)."""
+    validation metrics (``{}`` if none), the best validation score (``-inf`` if none), and the final
+    record (``{}`` when stopped)."""
 
     step: int
     stopped: bool
@@ -130,23 +142,36 @@ class RunResult:
     final: dict[str, Any]
 
 
-def finite_loss(loss: Any, where: str, latest: Any, workdir: Path) -> float:
-    """The logged loss as a float; a non-finite one stops the run, naming the last good checkpoint."""
+def finite_loss(loss: Any, where: str, last_good: int | None, workdir: Path) -> float:
+    """A loss as a float; a non-finite one stops the run, naming the last good checkpoint."""
     value = float(loss)
     if not math.isfinite(value):
-        raise FloatingPointError(
-            f"the training loss is {value} at {where}; the last good checkpoint is step {latest.latest_step()} "
-            f"in {workdir / 'checkpoints' / 'latest'}"
-        )
+        if last_good is None:
+            good = "no checkpoint was saved before it"
+        else:
+            good = f"the last good checkpoint is step {last_good} in {CheckpointStore(workdir).path(last_good)}"
+        raise FloatingPointError(f"the training loss is {value} at {where}; {good}")
     return value
 
 
-def settle(bar: Any, *managers: Any) -> None:
-    """End of a run, normal or not: close the progress bar, wait for the checkpoint writes."""
-    if bar is not None:
-        bar.close()
-    for m in managers:
-        m.wait_until_finished()
+class _Losses:
+    """The losses of the steps not yet checked; :meth:`check` waits for them and names the first non-finite one."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.waiting = workdir, []
+        self.last_good: int | None = None
+
+    def add(self, step: int, epoch: int, loss: jax.Array) -> None:
+        self.waiting.append((step, epoch, loss))
+
+    def check(self) -> float:
+        """The newest loss as a float, once every waiting one is known to be finite."""
+        values = jax.device_get([loss for _, _, loss in self.waiting])
+        value = math.nan
+        for (step, epoch, _), v in zip(self.waiting, values, strict=True):
+            value = finite_loss(v, f"step {step} (epoch {epoch})", self.last_good, self.workdir)
+        self.waiting.clear()
+        return value
 
 
 def run(
@@ -158,38 +183,50 @@ def run(
     stop_after_steps: int | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Trains ``task`` from ``state`` (or, with ``resume``, from the newest checkpoint in ``workdir``).
+    """Trains ``task`` from ``state`` (or, with ``resume``, from the newest intact checkpoint in ``workdir``).
 
     ``workdir`` must exist (and hold ``config.json``, see :func:`~jax_cer.training.checkpoints.prepare_workdir`);
     ``resume=False`` deletes its checkpoints first. ``stop_after_steps``: stop (after saving) once
-    the step reaches it, as an interruption would.
+    the step reaches it, as an interruption would. Every process of a multi-process run calls this.
     """
     workdir = Path(workdir)
     sched = task.schedule
+    placement = task.placement or Placement(1)
     n, total = sched.steps_per_epoch, sched.total_steps
     validates = task.select is not None and sched.eval_every > 0
-    latest, best = checkpoint_managers(workdir, sched.keep)
-    step, best_score = 0, -math.inf
-    if resume and latest.latest_step() is not None:
-        state, meta = restore(latest, state)
-        step, best_score = meta["step"], meta["best"]
-    elif not resume:
-        for m in (latest, best):
-            for s in m.all_steps():
-                m.delete(s)
-    log = MetricsLog(workdir / "metrics.jsonl", step if resume else None)
+    store = CheckpointStore(workdir, sched.keep)
+    chosen = store.choose(need_best=validates) if resume else None
+    if not resume:
+        store.clear()
+    state = placement.replicate(state)
+    step, best_score, best_step = 0, -math.inf, None
+    if chosen is not None:
+        step, meta = chosen
+        state = store.restore(step, state)
+        best_score = -math.inf if meta["best"] is None else meta["best"]
+        best_step = meta["best_step"]
+    store.clean(after=step if chosen is not None else None)
+    log = MetricsLog(workdir / "metrics.jsonl", step if chosen is not None else None)
     header = task.header()
-    if step == 0 and header is not None:
+    if chosen is None and header is not None:
         log.write(header)
+    losses = _Losses(workdir)
+    losses.last_good = step if chosen is not None else None
+
+    def save(at: int) -> None:
+        store.save(at, state, position_meta(at, n, best_score, best_step))
+        losses.last_good = at
+
     key = jax.random.key(sched.seed)
-    bar = tqdm(total=total, initial=step, desc=f"train {task.name}", unit="step", file=sys.stderr) if progress else None
+    show = progress and is_main()
+    bar = tqdm(total=total, initial=step, desc=f"train {task.name}", unit="step", file=sys.stderr) if show else None
     last: dict[str, float] = {}
     try:
-        if validates and sched.validate_untrained and step == 0 and best.latest_step() is None:
+        if validates and sched.validate_untrained and chosen is None:
             first = task.evaluate(state, "val")
             log.write({"step": 0, "epoch": -1, "val": first})
-            best_score = first[task.select]
-            save_checkpoint(best, 0, state, sched.position(0, best_score), {"score": best_score})
+            best_score, best_step = agree(first[task.select]), 0
+            save(0)
         epoch = step // n
         while step < total:
             state = task.begin_epoch(state, epoch)
@@ -201,36 +238,41 @@ def run(
                     break
                 state, loss = task.step(state, batch, jax.random.fold_in(key, step))
                 step += 1
-                if step % sched.log_every == 0 or step == total or (sched.log_epoch_ends and b == n - 1):
-                    loss_f = finite_loss(loss, f"step {step} (epoch {epoch})", latest, workdir)
+                losses.add(step, epoch, loss)
+                logs = step % sched.log_every == 0 or step == total or (sched.log_epoch_ends and b == n - 1)
+                evals = validates and (step % sched.eval_every == 0 or step == total)
+                stops = stop_after_steps is not None and step >= stop_after_steps
+                saves = evals or stops or step == total or (sched.save_every and step % sched.save_every == 0)
+                if logs or saves or len(losses.waiting) >= CHECK_EVERY:
+                    loss_f = losses.check()  # before anything is written: only finite states are saved
+                if logs:
                     log.write({"step": step, "epoch": epoch, "loss": loss_f, **task.log_fields(epoch)})
                     if bar is not None:
                         rate = task.rate(b + 1 - start, time.perf_counter() - t0)
                         bar.set_postfix(epoch=epoch, loss=f"{loss_f:.4f}", **rate)
                 if bar is not None:
                     bar.update(1)
-                if validates and (step % sched.eval_every == 0 or step == total):
+                if evals:
                     last = task.evaluate(state, "val")
                     log.write({"step": step, "epoch": epoch, "val": last})
-                    if last[task.select] >= best_score:  # ties go to the later validation, as the original
-                        best_score = last[task.select]
-                        save_checkpoint(best, step, state, sched.position(step, best_score), {"score": best_score})
-                    save_checkpoint(latest, step, state, sched.position(step, best_score))
-                elif (sched.save_every and step % sched.save_every == 0) or step == total:
-                    save_checkpoint(latest, step, state, sched.position(step, best_score))
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    if latest.latest_step() != step:
-                        save_checkpoint(latest, step, state, sched.position(step, best_score))
+                    score = agree(last[task.select])
+                    if score >= best_score:  # ties go to the later validation, as the original
+                        best_score, best_step = score, step
+                if saves:
+                    save(step)
+                if stops:
                     return RunResult(step, True, last, best_score, {})
             epoch += 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {step}; resume with the same command", file=sys.stderr)
+        if is_main():
+            print(f"\ninterrupted at step {step}; resume with the same command", file=sys.stderr)
         raise
     finally:
-        settle(bar, latest, best)
-    if validates:
-        kept_step = best.best_step()
-        kept, _ = restore(best, state, kept_step)
+        if bar is not None:
+            bar.close()
+    if validates and best_step is not None:
+        kept_step = best_step
+        kept = store.restore(kept_step, state)
     else:
         kept_step, kept = step, state
     record = task.final_record(kept, kept_step, step, last)

@@ -1,26 +1,42 @@
-"""Data parallelism with ``jax.sharding``: a 1-D ``Mesh`` over the devices, the batch split along
-its leading axis, parameters and optimizer state replicated.
+"""Data parallelism with ``jax.sharding``, on the devices of one host or of several.
 
-The jitted steps of :mod:`jax_cer.training.step` need no change: ``jax.jit`` follows the shardings
-of its arguments (GSPMD), so gradients and BatchNorm batch statistics are reduced over the whole
-batch, and a step on several devices computes what one device computes on the same batch.
+A run's :class:`Placement` is a 1-D ``Mesh`` named ``"data"`` over its devices: every local device
+by default, or ``devices`` of them per process (``jax-cer train --set devices=N``). Each global
+batch is split along its leading axis over the mesh; parameters, optimizer state and frozen weights
+are replicated. The jitted steps of :mod:`jax_cer.training.step` need no change: ``jax.jit``
+follows the shardings of its arguments (GSPMD), so gradients, the loss and BatchNorm batch
+statistics are reduced over the whole batch, and a step on several devices computes what one device
+computes on the same batch (up to the order of the sums).
 
-Several GPUs of one host: ``data_mesh()`` takes ``jax.devices()``. Several hosts: call
-``jax.distributed.initialize()`` first in every process (one per host), then ``data_mesh()``
-spans every host's devices, and each process feeds its share of the batch, e.g. with
-``jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)``.
+Several hosts: :func:`initialize_processes` starts ``jax.distributed`` (one process per host) with
+short heartbeat and shutdown timeouts, so that no process outlives a dead peer for long. The mesh
+then spans every process's devices, and each process materializes only its share of a global batch
+(:meth:`Placement.rows`) and hands it to ``jax.make_array_from_process_local_data``
+(:meth:`Placement.batch`). A batch whose row count the device count does not divide (the last,
+partial batch of an epoch) is replicated instead: every device computes it whole, which is the
+single-device computation.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
+
+HEARTBEAT_TIMEOUT_S = 30
+"""A process that stops sending heartbeats this long is declared dead; every other process then aborts."""
+SHUTDOWN_TIMEOUT_S = 30
+"""How long a finishing process waits for the others at the shutdown barrier."""
+INITIALIZATION_TIMEOUT_S = 300
+"""How long the processes wait for each other to start."""
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -41,7 +57,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Places every array of ``batch`` with its leading axis split over the mesh's devices."""
+    """Places every array of ``batch`` (held whole by this process) with its leading axis split over the mesh."""
     n = mesh.devices.size
     for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
         if np.ndim(x) == 0 or np.shape(x)[0] % n:
@@ -53,5 +69,179 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a copy of every array of ``tree`` (parameters, optimizer state) on every device."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places a copy of every array of ``tree`` (parameters, optimizer state) on every device of the mesh.
+
+    Every process must pass the same values (a run's initial state is a function of its seed).
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x: Any) -> jax.Array:
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)
+
+
+def cluster_detected() -> bool:
+    """Whether this process was started as one of several by a launcher that ``jax.distributed``
+    reads by itself: SLURM's ``srun`` (``SLURM_STEP_NUM_TASKS`` > 1) or Open MPI's ``mpirun``."""
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        try:
+            if int(os.environ.get(var, "1")) > 1:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def initialize_processes(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
+    shutdown_timeout: int = SHUTDOWN_TIMEOUT_S,
+    initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
+) -> bool:
+    """Starts ``jax.distributed`` when this is one process of several; returns whether it did.
+
+    With ``coordinator`` (``HOST:PORT`` of process 0), ``num_processes`` and ``process_id`` (the
+    argument names of ``jax.distributed.initialize``), or with none of them under a launcher it
+    detects itself (:func:`cluster_detected`). Must come before any other JAX call of the process.
+    When a process dies or stops sending heartbeats, ``jax.distributed`` ends every other process
+    (an abort that names the dead process) after ``heartbeat_timeout`` seconds at most.
+    """
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator, --num-processes and --process-id go together: give all three or none")
+    if not any(given) and not cluster_detected():
+        return False
+    if all(given):
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        if num_processes == 1:
+            return False
+        host, sep, port = coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"--coordinator must be HOST:PORT (process 0's address), got {coordinator!r}")
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+        shutdown_timeout_seconds=shutdown_timeout,
+        initialization_timeout=initialization_timeout,
+    )
+    return True
+
+
+def is_main() -> bool:
+    """Whether this is process 0 (the one that writes logs, progress and the work directory's files)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier of every process (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(value: float) -> float:
+    """Process 0's ``value``, in every process (itself with one process): decisions all processes must share."""
+    if jax.process_count() == 1:
+        return value
+    return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
+class Placement:
+    """Where a run's arrays live: a data mesh over ``devices`` local devices of every process (0: all).
+
+    - :meth:`replicate`: parameters, optimizer state, frozen weights, on every device;
+    - :meth:`rows` and :meth:`batch`: this process's share of a global batch, then the global array;
+    - :meth:`local`: this process's copy of replicated arrays, on one local device (evaluation runs
+      there, whole, in every process).
+    """
+
+    def __init__(self, devices: int = 0):
+        local = jax.local_devices()
+        if devices < 0 or devices > len(local):
+            raise ValueError(
+                f"devices={devices}: this process has {len(local)} device(s); use 0 (all) or 1..{len(local)}"
+            )
+        per_process = devices or len(local)
+        if jax.process_count() == 1:
+            chosen = local[:per_process]
+        else:
+            chosen = []
+            for p in range(jax.process_count()):
+                theirs = sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+                if len(theirs) < per_process:
+                    raise ValueError(f"process {p} has {len(theirs)} device(s), fewer than devices={per_process}")
+                chosen += theirs[:per_process]
+        self.mesh = data_mesh(chosen)
+        self.size = len(chosen)
+        self.local_device = local[0]
+        self._sharded = batch_sharding(self.mesh)
+        self._replicated = replicated(self.mesh)
+
+    def describe(self) -> str:
+        """e.g. ``4 devices (cpu), 2 processes x 2``."""
+        kind = self.local_device.platform
+        if jax.process_count() == 1:
+            return f"{self.size} device{'s' * (self.size > 1)} ({kind})"
+        return f"{self.size} devices ({kind}), {jax.process_count()} processes x {self.size // jax.process_count()}"
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """A global batch the device count does not divide is an error naming both."""
+        if batch_size % self.size:
+            raise ValueError(
+                f"batch_size={batch_size} does not split over the {self.describe()}: set batch_size to a multiple of "
+                f"{self.size}, or use fewer devices (--set devices=N, N devices per process)"
+            )
+
+    def rows(self, n: int) -> slice:
+        """The rows of a global batch of ``n`` that this process feeds (all of them when the batch is replicated)."""
+        if n % self.size or jax.process_count() == 1:
+            return slice(0, n)
+        spans = self._sharded.addressable_devices_indices_map((n,)).values()
+        starts = sorted(s[0].start or 0 for s in spans)
+        stops = sorted(s[0].stop if s[0].stop is not None else n for s in spans)
+        return slice(starts[0], stops[-1])
+
+    def batch(self, tree: Any, n: int) -> Any:
+        """The global arrays of a batch of ``n`` rows from this process's rows (:meth:`rows`) of each array."""
+        sharding = self._replicated if n % self.size else self._sharded
+
+        def put(x: Any) -> jax.Array:
+            x = np.asarray(x)
+            return jax.make_array_from_process_local_data(sharding, x, (n, *x.shape[1:]))
+
+        return jax.tree.map(put, tree)
+
+    def replicate(self, tree: Any) -> Any:
+        """Every array of ``tree`` on every device of the mesh."""
+        return replicate(tree, self.mesh)
+
+    def local(self, tree: Any) -> Any:
+        """This process's copy of each replicated array, on its first device."""
+
+        def one(x: Any) -> Any:
+            if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+                for shard in x.addressable_shards:
+                    if shard.device == self.local_device:
+                        return shard.data
+                return x.addressable_shards[0].data
+            return x
+
+        return jax.tree.map(one, tree)
+
+
+def report_failure(err: BaseException) -> None:
+    """What a failing process says before it exits: its index and the error (the others end within
+    the heartbeat timeout, naming it as the process that stopped)."""
+    if jax.process_count() > 1:
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()} failed: {err}", file=sys.stderr, flush=True
+        )

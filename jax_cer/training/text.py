@@ -51,12 +51,13 @@ from jax_cer.optim import sgd, so
 from jax_cer.text import BertModel, TextClassifier, Tokenizer, default_checkpoint, flash_attention_fn, load_bert
 from jax_cer.text.lora import apply_lora, lora_trainable
 from jax_cer.text.textualize import MELD_TEXT_LABELS
-from jax_cer.training.checkpoints import checkpoint_managers, prepare_workdir, restore
+from jax_cer.training.checkpoints import CheckpointStore, prepare_workdir
 from jax_cer.training.configs import TEXT_CONFIGS, TextTrainConfig, config_json, read_run_config
 from jax_cer.training.configs import TEXT_METHODS as METHODS
 from jax_cer.training.configs import TEXT_OPTIMIZERS as OPTIMIZERS
 from jax_cer.training.evaluate import predict_logits, text_scores
 from jax_cer.training.loop import Schedule, Task, run
+from jax_cer.training.parallel import Placement, is_main
 from jax_cer.training.step import cross_entropy
 from jax_cer.training.text_data import (
     TextSplit,
@@ -205,8 +206,16 @@ class TextTask(Task):
     the run's steps; :attr:`initial_state` is ``(params, opt_state)`` of the trainable parameters.
     """
 
-    def __init__(self, cfg: TextTrainConfig, data: Mapping[str, TextSplit], progress: bool = False):
+    def __init__(
+        self,
+        cfg: TextTrainConfig,
+        data: Mapping[str, TextSplit],
+        progress: bool = False,
+        placement: Placement | None = None,
+    ):
         self.cfg, self.progress = cfg, progress
+        self.placement = placement or Placement(cfg.devices)
+        self.placement.check_batch_size(cfg.batch_size)
         model, tokenizer, trainable = build_text_model(cfg, len(MELD_TEXT_LABELS))
         self.model, self.tokenizer = model, tokenizer
         self.ids = {s: tokenizer.encode(t) for s, (t, _) in data.items()}
@@ -220,6 +229,7 @@ class TextTask(Task):
         _, params0, _ = nnx.split(model, trainable, ...)
         tx = make_text_optimizer(cfg, params0, total)
         self.step_fn, params, self.frozen = make_text_step(model, trainable, tx)
+        self.frozen_placed = self.placement.replicate(self.frozen)
         self.initial_state = (params, tx.init(params))
         self.logits_fn = make_logits_fn(model)
         self.trainable_params = sum(x.size for x in jax.tree.leaves(params))
@@ -236,23 +246,26 @@ class TextTask(Task):
         )
 
     def batches(self, epoch: int):
-        return self.token_batches.epoch(epoch)
+        for batch in self.token_batches.epoch(epoch):
+            n = len(batch[0])
+            rows = self.placement.rows(n)
+            yield self.placement.batch(tuple(a[rows] for a in batch), n)
 
     def step(self, state: Any, batch: Any, key: jax.Array) -> tuple[Any, jax.Array]:
         params, opt_state = state
         ids, mask, labels, weights = batch
-        params, opt_state, loss = self.step_fn(params, opt_state, self.frozen, ids, mask, labels, weights, key)
+        params, opt_state, loss = self.step_fn(params, opt_state, self.frozen_placed, ids, mask, labels, weights, key)
         return (params, opt_state), loss
 
     def evaluate(self, state: Any, split: str) -> dict[str, float]:
-        nnx.update(self.model, state[0])
+        nnx.update(self.model, self.placement.local(state[0]))
         logits = predict_logits(
             self.logits_fn,
             nnx.state(self.model),
             self.ids[split],
             self.tokenizer,
             self.cfg.eval_batch_size,
-            self.progress,
+            self.progress and is_main(),
         )
         return text_scores(self.labels[split], logits)
 
@@ -276,13 +289,15 @@ def train_text(
     resume: bool = True,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> dict:
     """Trains (or resumes) a text run; returns the dev and test metrics of the kept model.
 
     ``stop_after_steps``: stop (after saving) once the step reaches it, as an interruption.
+    ``placement``: the devices (default: ``cfg.devices`` per process, see :class:`Placement`).
     """
     workdir = prepare_workdir(workdir, config_json(cfg), resume)
-    task = TextTask(cfg, load_text_data(cfg), progress)
+    task = TextTask(cfg, load_text_data(cfg), progress, placement)
     out = run(task, task.initial_state, workdir, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
     if out.stopped:
         return {"step": out.step, "stopped": True, "val": out.val}
@@ -310,15 +325,10 @@ def evaluate_text_checkpoint(
     cfg = read_run_config(workdir)
     if not isinstance(cfg, TextTrainConfig):
         raise ValueError(f"{workdir} is a fusion run: score it with jax_cer.training.fusion.evaluate_checkpoint")
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    task = TextTask(cfg, load_text_data(cfg), progress)
-    latest, best = checkpoint_managers(workdir, cfg.keep)
-    manager = best if which == "best" and best.latest_step() is not None else latest
-    step = manager.best_step() if manager is best else manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    state, _ = restore(manager, task.initial_state, step)
+    store = CheckpointStore(workdir, cfg.keep)
+    step = store.pick(which, latest_without_best=True)
+    task = TextTask(cfg, load_text_data(cfg), progress, Placement(1))
+    state = store.restore(step, task.initial_state)
     return task.evaluate(state, split)

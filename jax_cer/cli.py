@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from jax_cer.bench import report, runner
@@ -349,12 +350,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     except RUN_ERRORS as err:
         if several:
-            report_failure(err)
-        else:
-            print(f"error: {err}", file=sys.stderr)
+            report_failure(err)  # exits
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        report_failure(err)
+        if several:
+            traceback.print_exc()
+            report_failure(err)  # exits
         raise
     if not is_main():
         return 0
@@ -391,13 +393,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     With several processes each scores the checkpoint whole on one of its devices; process 0 prints.
     """
     try:
-        initialize_processes(args.coordinator, args.num_processes, args.process_id)
+        several = initialize_processes(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
         text = isinstance(read_run_config(args.workdir), TextTrainConfig)
         run = evaluate_text_checkpoint if text else evaluate_checkpoint
         res = run(args.workdir, args.which, args.split, progress=is_main())
     except RUN_ERRORS as err:
-        if is_main():
-            print(f"error: {err}", file=sys.stderr)
+        if several:
+            report_failure(err)  # exits
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if is_main():
         for k, v in res.items():

@@ -19,13 +19,17 @@ single-device computation.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax._src import distributed as _distributed  # the coordination service's key-value store (no public API)
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -37,6 +41,8 @@ SHUTDOWN_TIMEOUT_S = 30
 """How long a finishing process waits for the others at the shutdown barrier."""
 INITIALIZATION_TIMEOUT_S = 300
 """How long the processes wait for each other to start."""
+FAILED_KEY = "jax_cer/failed"
+"""The coordination service key under which a failing process leaves ``"<index>\\n<message>"``."""
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -78,6 +84,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         return jax.device_put(tree, sharding)
 
     def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # dropout keys
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -134,7 +142,42 @@ def initialize_processes(
         shutdown_timeout_seconds=shutdown_timeout,
         initialization_timeout=initialization_timeout,
     )
+    _watch_for_failures()
     return True
+
+
+_stopping = threading.Event()
+
+
+def _client() -> Any:
+    return getattr(_distributed.global_state, "client", None)
+
+
+def _watch_for_failures() -> None:
+    """A daemon thread that ends this process as soon as another one reports a failure
+    (:func:`report_failure`), naming it, instead of waiting in a collective for the timeouts."""
+    client, me = _client(), jax.process_index()
+    if client is None:
+        return
+
+    def watch() -> None:
+        while not _stopping.is_set():
+            try:
+                value = client.blocking_key_value_get(FAILED_KEY, 10_000)
+            except Exception:  # a timeout (wait again) or the client shutting down
+                time.sleep(0.5)
+                continue
+            index, _, message = value.partition("\n")
+            if index != str(me) and not _stopping.is_set():
+                print(f"error: stopping, because {message}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                if me == 0:  # the coordinator goes last: the failing process ends first, with its own status
+                    time.sleep(2.0)
+                os._exit(3)
+            return
+
+    atexit.register(_stopping.set)  # registered after jax's own shutdown hook, so it runs first
+    threading.Thread(target=watch, name="jax-cer-peer-failures", daemon=True).start()
 
 
 def is_main() -> bool:
@@ -239,9 +282,18 @@ class Placement:
 
 
 def report_failure(err: BaseException) -> None:
-    """What a failing process says before it exits: its index and the error (the others end within
-    the heartbeat timeout, naming it as the process that stopped)."""
-    if jax.process_count() > 1:
-        print(
-            f"error: process {jax.process_index()} of {jax.process_count()} failed: {err}", file=sys.stderr, flush=True
-        )
+    """A failing process of several: says so, tells the others (they stop at once, naming it, see
+    :func:`initialize_processes`) and exits with status 2 without waiting for them."""
+    message = f"process {jax.process_index()} of {jax.process_count()} failed: {err}"
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    client = _client()
+    if client is not None:
+        _stopping.set()
+        try:
+            client.key_value_set(FAILED_KEY, f"{jax.process_index()}\n{message}", allow_overwrite=True)
+        except Exception:  # the coordinator may already be gone; the heartbeats then end the others
+            pass
+        if jax.process_index() == 0:  # the key lives in this process: let the others read it first
+            time.sleep(2.0)
+    sys.stdout.flush()
+    os._exit(2)

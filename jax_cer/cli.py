@@ -26,7 +26,7 @@ from jax_cer.parity.repro import run_repro
 from jax_cer.training.checkpoints import CheckpointError
 from jax_cer.training.configs import CONFIGS, TEXT_CONFIGS, RunConfig, TextTrainConfig, read_run_config
 from jax_cer.training.fusion import evaluate_checkpoint, train
-from jax_cer.training.parallel import Placement, initialize_processes, is_main, report_failure
+from jax_cer.training.parallel import Placement, fail, initialize_processes, is_main, report_failure
 from jax_cer.training.text import evaluate_text_checkpoint, train_text
 
 RUN_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError, CheckpointError)
@@ -356,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Exception as err:
         if several:
             traceback.print_exc()
-            report_failure(err)  # exits
+            fail(err)  # exits, naming the process at fault
         raise
     if not is_main():
         return 0

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -169,15 +169,21 @@ def _watch_for_failures() -> None:
                 continue
             index, _, message = value.partition("\n")
             if index != str(me) and not _stopping.is_set():
-                print(f"error: stopping, because {message}", file=sys.stderr, flush=True)
-                sys.stdout.flush()
-                if me == 0:  # the coordinator goes last: the failing process ends first, with its own status
-                    time.sleep(2.0)
-                os._exit(3)
+                _stop_because(message)
             return
 
-    atexit.register(_stopping.set)  # registered after jax's own shutdown hook, so it runs first
-    threading.Thread(target=watch, name="jax-cer-peer-failures", daemon=True).start()
+    thread = threading.Thread(target=watch, name="jax-cer-peer-failures", daemon=True)
+
+    def stop() -> None:
+        # the thread must be out of the client's blocking call before the interpreter finalizes: a
+        # daemon thread returning from it then aborts the process ("FATAL: exception not rethrown").
+        # Shutting the client down here (jax's own exit hook would, later) cancels the call.
+        _stopping.set()
+        jax.distributed.shutdown()
+        thread.join(timeout=5.0)
+
+    atexit.register(stop)  # registered after jax's own shutdown hook, so it runs first
+    thread.start()
 
 
 def is_main() -> bool:
@@ -281,19 +287,88 @@ class Placement:
         return jax.tree.map(one, tree)
 
 
-def report_failure(err: BaseException) -> None:
+_exit_lock = threading.Lock()
+"""Held by whichever thread ends the process (the watcher or the main thread): one message, one status."""
+
+
+def _stop_because(message: str) -> NoReturn:
+    """Ends this process (status 3) because another one failed or stopped."""
+    with _exit_lock:
+        print(f"error: stopping, because {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        if jax.process_index() == 0:  # the coordinator goes last: the failing process ends first, with its status
+            time.sleep(2.0)
+        os._exit(3)
+
+
+def report_failure(err: BaseException) -> NoReturn:
     """A failing process of several: says so, tells the others (they stop at once, naming it, see
     :func:`initialize_processes`) and exits with status 2 without waiting for them."""
-    message = f"process {jax.process_index()} of {jax.process_count()} failed: {err}"
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    with _exit_lock:
+        message = f"process {jax.process_index()} of {jax.process_count()} failed: {err}"
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        client = _client()
+        if client is not None:
+            _stopping.set()
+            try:
+                client.key_value_set(FAILED_KEY, f"{jax.process_index()}\n{message}", allow_overwrite=True)
+            except Exception:  # the coordinator may already be gone; the heartbeats then end the others
+                pass
+            if jax.process_index() == 0:  # the key lives in this process: let the others read it first
+                time.sleep(2.0)
+        sys.stdout.flush()
+        os._exit(2)
+
+
+def _peer_trouble(client: Any, ask_live: bool) -> str | None:
+    """Another process's reported failure, or (``ask_live``) the processes the coordination service no
+    longer sees. Asking for the live processes waits until every live process asks too, so only
+    processes that all saw a peer's connection drop may ask."""
+    me, n = jax.process_index(), jax.process_count()
+    try:
+        index, _, message = client.key_value_try_get(FAILED_KEY).partition("\n")
+        if index != str(me):
+            return message
+    except Exception:  # not set
+        pass
+    if not ask_live:
+        return None
+    try:
+        dead = sorted(set(range(n)) - set(client.get_live_nodes(list(range(n)))))
+    except Exception:  # the coordinator is gone: its own abort follows
+        return None
+    if dead:
+        return f"process {', '.join(map(str, dead))} of {n} stopped (killed, or its host failed)"
+    return None
+
+
+def fail(err: BaseException) -> NoReturn:
+    """A process of several whose run raised ``err``: whose fault is it?
+
+    A collective that fails because a peer's connection dropped (gloo, NCCL) raises in the
+    survivors too. So first look, for a grace period, for another process's report (a second) and,
+    after a transport error, for processes the coordination service no longer sees (up to the
+    heartbeat timeout), and stop naming them (:func:`_stop_because`); otherwise this process failed
+    (:func:`report_failure`).
+    """
     client = _client()
-    if client is not None:
-        _stopping.set()
-        try:
-            client.key_value_set(FAILED_KEY, f"{jax.process_index()}\n{message}", allow_overwrite=True)
-        except Exception:  # the coordinator may already be gone; the heartbeats then end the others
-            pass
-        if jax.process_index() == 0:  # the key lives in this process: let the others read it first
-            time.sleep(2.0)
-    sys.stdout.flush()
-    os._exit(2)
+    if client is None:
+        report_failure(err)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    transport = any(word in str(err) for word in ("Gloo", "gloo", "NCCL", "Connection", "connection"))
+    grace = HEARTBEAT_TIMEOUT_S + 5 if transport else 1
+    if transport:
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()}: a collective with the other processes "
+            f"failed ({first}); waiting up to {grace} s to learn which process stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+    deadline = time.monotonic() + grace
+    while True:
+        trouble = _peer_trouble(client, ask_live=transport)
+        if trouble is not None:
+            _stop_because(trouble)
+        if time.monotonic() > deadline:
+            report_failure(err)
+        time.sleep(0.5)

@@ -23,7 +23,8 @@ and writes under ``DIR/<machine>/``:
   and forward+backward, bf16 and fp16, D 64 and 128, causal and not, S 512 to 16k (eight
   steps, one per pass, dtype and D, so a step stopped by the budget loses only its own cases).
 * ``models``: the fusion models and their training loops against the PyTorch reference on the GPU,
-  SO against Adam, the text encoder against transformers.
+  SO against Adam, the text encoder against transformers, and training throughput against the
+  number of GPUs.
 * ``profile``: Nsight Compute on the Triton forward and cuDNN's at D=128, bf16, S=4k and 16k
   (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward against
   the shipped configuration and cuDNN (``python -m repro.attention_sweep``, ``sweep-*.json``).
@@ -144,6 +145,12 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
             Step("so", _bench("test_bench_so", folder), 120, what="SO vs optax.adam on the ViT-B/16 set"),
             Step(
                 "text", _bench("test_bench_text", folder), 90, what="MiniLM-L6 forward and train step vs transformers"
+            ),
+            Step(
+                "devices",
+                _bench("train_throughput", folder),
+                30,
+                what="training throughput on 1 to all local GPUs (fusion and text)",
             ),
         ],
         "profile": [

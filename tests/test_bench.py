@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from jax_cer.bench import runner
+from jax_cer.bench import runner, train_throughput
 from jax_cer.bench.cases import timing
 
 
@@ -98,3 +100,65 @@ def test_every_case_module_imports_and_collects(tmp_path) -> None:
     for name in ("attention", "models", "so", "text", "train"):
         assert f"<Module test_bench_{name}.py>" in proc.stdout, name
     assert not (tmp_path / "unused.json").exists()
+
+
+def test_throughput_workers_force_cpu_devices_and_keep_the_batch() -> None:
+    """On a CPU each worker forces its device count (replacing a count already in XLA_FLAGS); on a GPU
+    it uses the real devices, powers of two up to all of them, with one global batch for every count."""
+    base = {"XLA_FLAGS": "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8", "PATH": "/bin"}
+    env = train_throughput.worker_env("cpu", 2, base)
+    assert env["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=2"
+    assert env["JAX_PLATFORMS"] == "cpu" and env["PATH"] == "/bin"
+    gpu = train_throughput.worker_env("gpu", 2, base)
+    assert gpu["XLA_FLAGS"] == base["XLA_FLAGS"] and "JAX_PLATFORMS" not in gpu
+    assert gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert train_throughput.device_counts("cpu", 1) == (1, 2, 4)
+    assert train_throughput.device_counts("gpu", 1) == (1,) and train_throughput.device_counts("gpu", 6) == (1, 2, 4)
+    assert train_throughput.device_counts("gpu", 8) == (1, 2, 4, 8)
+    for task in train_throughput.TASKS:
+        assert train_throughput.default_batch(task, "cpu", 4) % 4 == 0
+        assert train_throughput.default_batch(task, "gpu", 8) % 8 == 0
+    with pytest.raises(ValueError, match="task must be one of"):
+        train_throughput.default_batch("vision", "cpu", 4)
+
+
+@pytest.mark.slow  # a worker process compiles the text model's step (about 20 s on 2 cores)
+def test_a_throughput_worker_trains_on_two_forced_devices() -> None:
+    with train_throughput.Worker("text", 2, 8, platform="cpu", steps=2, warmup_steps=0) as worker:
+        assert worker.info["placement"] == "2 devices (cpu)" and worker.info["forced_devices"]
+        assert worker.info["samples_per_step"] == 8 and worker.info["sample_unit"] == "examples"
+        assert worker.info["train_examples"] == 56  # the 28 sentences twice: every batch of 8 is full
+        assert worker.run() > 0 and worker.worker_seconds == [pytest.approx(worker.worker_seconds[0])]
+    assert worker.proc.returncode == 0
+    # a failing worker (8 examples do not split over 3 devices) is named, with its error
+    with pytest.raises(train_throughput.WorkerError, match=r"worker \(text, 3 devices\) ended \(exit status 1\)") as e:
+        train_throughput.Worker("text", 3, 8, platform="cpu", steps=1)
+    assert "batch_size=8" in str(e.value)
+
+
+def test_the_throughput_trainer_steps_full_batches_only() -> None:
+    """An epoch's partial batch (another shape) is passed over; an epoch without a full batch is an error."""
+
+    class Task:
+        placement = type("P", (), {"replicate": staticmethod(lambda tree: tree)})()
+        initial_state = 0
+
+        def __init__(self, sizes):
+            self.sizes, self.seen = sizes, []
+
+        def begin_epoch(self, state, epoch):
+            return state
+
+        def batches(self, epoch):
+            for n in self.sizes:
+                yield np.zeros((n, 3), np.float32)
+
+        def step(self, state, batch, key):
+            self.seen.append(batch.shape[0])
+            return state + 1, jnp.float32(0.5)
+
+    task = Task([4, 4, 2])
+    trainer = train_throughput.Trainer(task, 4)
+    assert trainer.run(5) > 0 and task.seen == [4, 4, 4, 4, 4] and trainer.state == 5
+    with pytest.raises(ValueError, match="epoch 0 has no full batch of 4"):
+        train_throughput.Trainer(Task([2]), 4).run(1)

@@ -265,6 +265,56 @@ def test_bench_files_of_a_part_are_joined_into_one(tmp_path) -> None:
     assert merge_bench_files(tmp_path, {old, merged}, "x") is None
 
 
+def _devices_bench(config, devices, seconds, **info):
+    """A training-throughput-against-devices benchmark: 4 steps per round taking ``seconds``."""
+    fusion = config != "synthetic-text"
+    common = {
+        "config": config, "model": "can" if fusion else "MiniLM-L6, LoRA", "devices": devices,
+        "batch": 4 if fusion else 8, "samples_per_step": 1200 if fusion else 8, "steps_per_round": 4,
+        "sample_unit": "frames" if fusion else "examples", "platform": "cpu", "forced_devices": True, "host_cpus": 2,
+        **({"window": 300} if fusion else {"seq_length": 16}),
+    }  # fmt: skip
+    return _bench(f"devices={devices}", sections.DEVICES_COMPONENT, "data parallel", seconds, **{**common, **info})
+
+
+def test_devices_section_gives_rates_per_device_and_the_ratio_to_one_device(tmp_path) -> None:
+    _write(
+        tmp_path / "results" / "bench-20260101T000000Z.json",
+        [
+            _devices_bench("synthetic-can", 1, 2.0),  # 2 steps/s, 2400 frames/s
+            _devices_bench("synthetic-mt", 1, 2.0, model="mt") | {"stats": {"data": [1.6, 1.8, 2.0, 2.2, 2.4]}},
+            _devices_bench("synthetic-can", 2, 2.5),
+            _devices_bench("synthetic-can", 4, 4.0),
+            _devices_bench("synthetic-text", 2, 0.25),  # no 1-device row in this run: no ratio
+        ],
+    )
+    machines = load_results(tmp_path / "results")
+    text = "\n".join(sections.devices_section(machines))
+    assert "| synthetic-can | 1 | 4 x 300 frames | 2.00 (2.00-2.00) | 2,400 frames | 2,400 | **1.00x** |" in text
+    assert "| synthetic-can | 2 | 4 x 300 frames | 1.60 (1.60-1.60) | 1,920 frames | 960 | **0.80x** |" in text
+    assert "| synthetic-can | 4 | 4 x 300 frames | 1.00 (1.00-1.00) | 1,200 frames | 300 | **0.50x** |" in text
+    # steps/s of the median round, with the steps/s of the 80th and 20th percentile rounds (4 / 2.24 s, 4 / 1.76 s)
+    assert "| synthetic-mt | 1 | 4 x 300 frames | 2.00 (1.79-2.27) | 2,400 frames | 2,400 | **1.00x** |" in text
+    text_row = "| synthetic-text (MiniLM-L6, LoRA) | 2 | 8 examples (S=16) | 16.00 (16.00-16.00) | 128 examples |"
+    assert f"{text_row} 64.00 | - |" in text
+    assert "share this machine's 2 cores" in text and "not a speed-up" in text
+    assert "No GPU results yet" in text
+    # not a model row, and no ratio across machines
+    others = sections.model_section(machines) + sections.cross_machine_section(machines)
+    assert not any(sections.DEVICES_COMPONENT in line for line in others)
+    # a GPU machine's rows: real devices, the GPU sentence goes
+    _write(
+        tmp_path / "results" / "gpu" / "bench-20260102T000000Z.json",
+        [_devices_bench("synthetic-can", 1, 0.1, platform="gpu", forced_devices=False, device="Test GPU")],
+        GPU,
+    )
+    both = "\n".join(sections.devices_section(load_results(tmp_path / "results")))
+    assert "### gpu-nvidia-test-gpu" in both and "Real devices (Test GPU)" in both
+    assert "| synthetic-can | 1 | 4 x 300 frames | 40.00 (40.00-40.00) | 48,000 frames | 48,000 | **1.00x** |" in both
+    assert "No GPU results yet" not in both
+    assert "No device-count results yet" in "\n".join(sections.devices_section({}))
+
+
 def _attention_results(folder) -> None:
     att = {"dtype": "bfloat16", "causal": False, "flops": 1e12, "shapes": {"q": [8, 512, 8, 64]}}
     rows = [

@@ -24,6 +24,7 @@ from jax_cer.bench.sections import (
     attention_section,
     attention_series,
     cross_machine_section,
+    devices_section,
     fewshot_summary,
     files_section,
     kernel_check_section,
@@ -41,6 +42,7 @@ __all__ = [
     "aot_section",
     "attention_section",
     "cross_machine_section",
+    "devices_section",
     "draw_plots",
     "fewshot_summary",
     "kernel_check_section",
@@ -121,6 +123,7 @@ def render_files(
     out += cross_machine_section(machines)
     out += model_section(machines)
     out += throughput_section(machines)
+    out += devices_section(machines)
     out += attention_section(machines, links, note)
     out += kernel_check_section(machines)
     out += sweep_section(machines)

@@ -27,6 +27,8 @@ ATTENTION_IMPLS = ("flash_attention", "cudnn", "xla")
 ATTENTION_PLOT_DTYPE = "bfloat16"
 RATIO_HEAD_DIM = 128
 """The attention comparisons of the across-machines table: this D, bf16, not causal."""
+DEVICES_COMPONENT = "train_throughput"
+"""The ``component`` of the training-throughput-against-device-count cases (``test_bench_devices``)."""
 
 
 def _natural(text: str) -> tuple:
@@ -63,7 +65,7 @@ def machines_section(machines: Machines) -> list[str]:
 # -- row groups ----------------------------------------------------------------------------------------
 def model_group(info: Mapping[str, Any]) -> tuple | None:
     """The row of a model or text-encoder benchmark (component, variant); None for other cases."""
-    if info.get("component", "attention") in ("attention", "optimizer", "optimizer-part"):
+    if info.get("component", "attention") in ("attention", "optimizer", "optimizer-part", DEVICES_COMPONENT):
         return None
     if str(info.get("variant", "")).startswith("train_loop"):
         return None
@@ -254,6 +256,113 @@ def throughput_section(machines: Machines) -> list[str]:
     if not body:
         return [*lines, "No training-loop results yet: run `jax-cer bench -k train_loop`.", ""]
     return [*lines, *body, *quick_footnote(used)]
+
+
+def devices_group(info: Mapping[str, Any]) -> tuple | None:
+    """The row group of a training-throughput-against-device-count benchmark: (config,), so that every
+    device count of a config, and the ratio to its 1-device row, comes from one run; None for other cases."""
+    return (info["config"],) if info.get("component") == DEVICES_COMPONENT else None
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def _batch_cell(info: Mapping[str, Any]) -> str:
+    if "window" in info:
+        return f"{info['batch']} x {info['window']} frames"
+    seq = f" (S={info['seq_length']})" if info.get("seq_length") else ""
+    return f"{info['batch']} {info.get('sample_unit', 'samples')}{seq}"
+
+
+def _config_cell(config: str, info: Mapping[str, Any]) -> str:
+    """The config, with its model when the name does not say it, and drawn weights when it ran on them."""
+    model = str(info.get("model", ""))
+    cell = config if not model or model in config else f"{config} ({model})"
+    return f"{cell} (drawn weights)" if str(info.get("weights", "")).startswith("drawn") else cell
+
+
+def devices_section(machines: Machines) -> list[str]:
+    """Training steps/s and samples/s against the number of devices the batch is split over, per
+    config, with the per-device rate and the ratio to the same run's 1-device row."""
+    lines = ["## Training throughput against device count", ""]
+    lines += [
+        "Steps per second of the training loop's step against the number of devices the batch is split over "
+        "(`jax-cer train --set devices=K`; `jax-cer bench -k train_throughput`): the next batch of the epoch "
+        "split over the devices' data mesh, the jitted step with parameters and optimizer state replicated, "
+        "and the wait for the state and the loss, after compilation and warm-up. The global batch is the same "
+        "for every device count of a config, as in a run. Samples are frames (batch x window) for the fusion "
+        "config and examples for the text config. Steps/s is that of the median timed round (each round is "
+        "several steps), with the range of the 20th-80th percentile rounds; samples/s and per-device samples/s "
+        "(samples/s / devices) follow from the median; the last column is samples/s over the 1-device row of "
+        "the same run. Each device count runs in its own process (JAX "
+        "fixes its devices when it starts).",
+        "",
+    ]
+    body: list[str] = []
+    used: list[Group] = []
+    accelerator = False
+    for machine, files in machines.items():
+        groups = newest_groups(files["bench"], devices_group)
+        if not groups:
+            continue
+        infos = [b["extra_info"] for g in groups.values() for b in g.impls.values()]
+        accelerator |= any(i.get("platform", "cpu") != "cpu" for i in infos)
+        body += [f"### {machine}", ""]
+        forced = [i for i in infos if i.get("forced_devices")]
+        if forced:
+            cpus = max(int(i.get("host_cpus", 0)) for i in forced)
+            cores = f"this machine's {cpus} core{'s' * (cpus != 1)}" if cpus else "this machine's cores"
+            body += [
+                "The devices are forced CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=K`) that "
+                f"share {cores}: the same step is cut into K programs that run on the same cores, so these "
+                "figures measure the overhead of splitting a step over devices, not a speed-up: 1.00x means the "
+                "split costs nothing, below it is the cost of the split, and above it the K programs kept the "
+                "shared cores busier than one device's program did.",
+                "",
+            ]
+        else:
+            kinds = ", ".join(sorted({str(i.get("device", "?")) for i in infos}))
+            body += [f"Real devices ({kinds}): the last column is the speed-up over one device.", ""]
+        body += [
+            "| config | devices | global batch | steps/s (p20-p80) | samples/s | per-device samples/s "
+            "| relative to 1 device |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (config,), g in sorted(groups.items()):
+            mark = g.mark
+            rows = sorted(g.impls.values(), key=lambda b: int(b["extra_info"]["devices"]))
+            rates = {}
+            for b in rows:
+                info = b["extra_info"]
+                med, p20, p80 = (info["steps_per_round"] / (ms / 1e3) for ms in percentiles_ms(b))
+                rates[int(info["devices"])] = (med, p80, p20, med * info["samples_per_step"])
+            one = rates.get(1, (0.0, 0.0, 0.0, 0.0))[3]
+            for b in rows:
+                info = b["extra_info"]
+                devices = int(info["devices"])
+                steps_s, lo, hi, samples_s = rates[devices]
+                relative = f"**{samples_s / one:.2f}x**{mark}" if one else "-"
+                unit = info.get("sample_unit", "samples")
+                body.append(
+                    f"| {_config_cell(config, info)} | {devices} | {_batch_cell(info)} | "
+                    f"{_rate(steps_s)} ({_rate(lo)}-{_rate(hi)}){mark} | {_rate(samples_s)} {unit}{mark} | "
+                    f"{_rate(samples_s / devices)}{mark} | {relative} |"
+                )
+            used.append(g)
+        body.append("")
+    gpu = (
+        []
+        if accelerator
+        else [
+            "No GPU results yet: on a GPU machine, `jax-cer bench -k train_throughput` measures the same steps over "
+            "its real devices (1 up to all of them, powers of two), where the last column is the speed-up.",
+            "",
+        ]
+    )
+    if not body:
+        return [*lines, "No device-count results yet: run `jax-cer bench -k train_throughput`.", "", *gpu]
+    return [*lines, *body, *quick_footnote(used), *gpu]
 
 
 # -- attention -------------------------------------------------------------------------------------------

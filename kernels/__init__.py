@@ -11,7 +11,26 @@ Flax's signature, the models' default ``attention_fn``) live in :mod:`jax_cer.ke
 Importing the package neither imports Triton nor initialises a JAX backend.
 """
 
-from jax_cer.kernels.flash_attention import BACKENDS, flash_attention
-from jax_cer.kernels.xla import AttentionFn, dot_product_attention, xla_attention
+import importlib.machinery
+import importlib.util
+import os
+import sys
 
-__all__ = ["BACKENDS", "AttentionFn", "dot_product_attention", "flash_attention", "xla_attention"]
+if __name__ == "kernels":
+    # This folder installs as jax_cer.kernels. Run from the repository's root, the root is on sys.path
+    # and the folder would shadow the PyPI package ``kernels`` (which transformers imports): load
+    # that package in its place, or say what this folder is.
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _spec = importlib.machinery.PathFinder.find_spec(
+        "kernels", [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
+    )
+    if _spec is None or _spec.loader is None:
+        raise ImportError("the repository's kernels/ folder is the package jax_cer.kernels: import jax_cer.kernels")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module
+    _spec.loader.exec_module(_module)
+else:
+    from jax_cer.kernels.flash_attention import BACKENDS, flash_attention
+    from jax_cer.kernels.xla import AttentionFn, dot_product_attention, xla_attention
+
+    __all__ = ["BACKENDS", "AttentionFn", "dot_product_attention", "flash_attention", "xla_attention"]

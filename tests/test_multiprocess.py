@@ -146,7 +146,8 @@ def test_two_processes_resumed_equal_four_devices_and_one_device(
 ) -> None:
     """2 processes x 2 devices in two launches (the first stops after saving at a step inside the second
     epoch; the second, fresh processes, restores it and finishes) log the losses of an uninterrupted
-    run on 1 process x 4 devices and on 1 device, within 1e-5 relative, at the same steps."""
+    run on 1 process x 4 devices and on 1 device, within 1e-5 relative, at the same steps; ``jax-cer
+    eval`` on 2 processes scores the best checkpoint as one process does, and as the run did."""
     mp, four, one = tmp_path / "2x2", tmp_path / "1x4", tmp_path / "1x1"
     with Job(tmp_path / "logs") as job:
         reference = job.start_spec(
@@ -163,6 +164,15 @@ def test_two_processes_resumed_equal_four_devices_and_one_device(
         _mark(mp, stop_after)
         second = job.start_processes("second", 2, 2, runs=[_run(kind, config, overrides, mp)])
         job.wait([*second, reference], timeout=400)
+        # jax-cer eval restores the best checkpoint in each of 2 processes and scores it as one process does
+        scored = {n: tmp_path / f"eval-{n}.json" for n in ("2x2", "1x1")}
+        args = ["eval", str(mp), "--which", "best", "--split", "test", "--json"]
+        evals = job.start_processes("eval", 2, 2, cli=[*args, str(scored["2x2"])])
+        evals.append(job.start_spec("eval-single", spec(cli=[*args, str(scored["1x1"])]), 1))
+        job.wait(evals, timeout=300)
+    both = [json.loads(scored[n].read_text()) for n in ("2x2", "1x1")]
+    assert both[0] == both[1] and "accuracy" in both[0]
+    assert both[0] == {k: v for k, v in read_metrics(mp)[-1]["test"].items() if k in both[0]}  # the run's own score
     stopped = {"workdir": str(mp), "step": stop_after, "stopped": True, "trained": stop_after, "on": TWO_BY_TWO}
     finished = {"workdir": str(mp), "step": steps, "stopped": False, "trained": steps - stop_after, "on": TWO_BY_TWO}
     assert _outputs(first[0]) == [stopped]

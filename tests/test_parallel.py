@@ -1,7 +1,8 @@
-"""Data parallelism: a training step on 4 (forced CPU) devices equals the single-device step.
+"""Data parallelism: a training step on 4 (forced CPU) devices equals the single-device step (``-m slow``);
+the placement of a run (device count, batch split, errors); the launchers ``jax.distributed`` reads itself.
 
-``--xla_force_host_platform_device_count`` must be set before JAX starts, so the comparison runs
-in a subprocess with its own XLA_FLAGS.
+``--xla_force_host_platform_device_count`` must be set before JAX starts, so the 4-device comparison
+runs in a subprocess with its own XLA_FLAGS.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jax_cer.training.parallel import Placement, data_mesh, shard_batch
+from jax_cer.training.parallel import Placement, cluster_detected, data_mesh, initialize_processes, shard_batch
 from tests.conftest import REPO
 
 SCRIPT = r"""
@@ -62,6 +63,7 @@ print(json.dumps({"losses": [out["single"]["losses"], out["mesh"]["losses"]], "w
 """
 
 
+@pytest.mark.slow  # the default run compares 2 processes x 2 devices with one device (tests/test_multiprocess.py)
 def test_step_on_four_devices_equals_one_device() -> None:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
@@ -110,3 +112,24 @@ def test_placement_feeds_and_replicates_on_one_process() -> None:
     np.testing.assert_array_equal(np.asarray(placed["x"]), x)
     state = placement.replicate({"w": np.ones(3, np.float32)})
     assert placement.local(state)["w"].devices() == {jax.local_devices()[0]}
+
+
+def test_launchers_that_jax_distributed_reads_itself(monkeypatch) -> None:
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert not cluster_detected()
+    assert initialize_processes() is False  # no flags, no launcher: one process
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun with one task
+    assert not cluster_detected()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert cluster_detected()
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert cluster_detected()
+    with pytest.raises(ValueError, match="go together: give all three or none"):
+        initialize_processes("127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match=r"--process-id must be in \[0, 2\), got 2"):
+        initialize_processes("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="--coordinator must be HOST:PORT"):
+        initialize_processes("127.0.0.1", 2, 0)
+    assert initialize_processes("127.0.0.1:1234", 1, 0) is False  # one process: nothing to start

@@ -374,7 +374,8 @@ def _print_fusion(out: dict) -> None:
     shown = f"; last validation {shown}" if shown else ""  # a finished run launched again validates nothing
     print(f"done: {out['step']} steps{shown}; best {out['select']} {out['best']:.4f}")
     test = out["test"]
-    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("weighted_f1", "accuracy", "ap", out["select"]) if k in test)
+    names = dict.fromkeys(("weighted_f1", "accuracy", "ap", out["select"]))  # the selection metric once
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in names if k in test)
     print(f"best checkpoint on the test split: {shown}")
 
 

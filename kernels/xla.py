@@ -16,6 +16,13 @@ differ, so that swapping the kernel in for this function never changes a result 
 - Logits and softmax run in float32 (float64 for float64 inputs) whatever the input dtype, and
   the output has q's dtype. XLA:CPU has no 16-bit dot product with a float32 result, so on the
   CPU 16-bit q and k are upcast before the product.
+- A hidden key has no influence, not even when its row of k or v holds NaN or inf: on the
+  outputs of the queries it is hidden from, and on every gradient. Keys hidden by ``kv_lengths``
+  get their rows of k and v zeroed; keys hidden from some queries only (causal masking, ``mask``,
+  ``bias``) go through products whose derivatives take non-finite entries as zero, and a second
+  path, run only when some value is not finite, that keeps hidden ones out of the output. When
+  all is finite the numbers are the plain products'. A non-finite entry of a visible key reaches
+  the outputs that see it as IEEE arithmetic says (NaN, or +-inf).
 
 Layout: head-major batched matmuls (``[..., H, S, D]``), and with a single head (MT/JMT) the head
 axis is dropped instead of transposed around. XLA:CPU lowers Flax's einsums (and
@@ -31,12 +38,14 @@ the models' shapes (``repro/benchmark_notes.md``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax.nnx.nn import dtypes
+from jax.custom_derivatives import SymbolicZero
 
 AttentionFn = Callable[..., jax.Array]
 """An ``attention_fn`` hook: the signature of :func:`flax.nnx.dot_product_attention`,
@@ -82,9 +91,12 @@ def xla_attention(
     """
     if q.shape[-1] != k.shape[-1] or k.shape[-3] != v.shape[-3]:
         raise ValueError(f"incompatible q/k/v shapes {q.shape}, {k.shape}, {v.shape} ([..., S, H, D])")
+    lens = None if lengths is None else jnp.asarray(lengths)
+    if lens is not None and not jnp.issubdtype(lens.dtype, jnp.integer):
+        raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
     sq, sk = q.shape[-3], k.shape[-3]
     out_dtype = q.dtype
-    if sk == 0:  # no key at all: every row sees nothing
+    if sk == 0:  # no key at all: every row sees nothing (zeros, and so zero gradients)
         return jnp.zeros((*q.shape[:-1], v.shape[-1]), out_dtype)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     acc = jnp.promote_types(q.dtype, jnp.float32)
@@ -99,23 +111,34 @@ def xla_attention(
         x = jnp.asarray(x)
         return x[..., 0, :, :] if single and x.ndim >= 3 else x
 
-    q, k, v = heads_first(q), heads_first(k), heads_first(v)
+    seen = None  # [batch..., Sk]: the keys kv_lengths leaves visible
+    if lens is not None:
+        seen = jnp.arange(sk) < lens[..., None]
+        # A hidden key must not act through 0 * NaN (or 0 * inf) in the products, forward or
+        # backward: zero its rows of k and v (one select each, exact for the visible rows; here,
+        # before the head transpose, XLA fuses it into that copy).
+        rows = seen[..., :, None, None]
+        k, v = jnp.where(rows, k, jnp.zeros((), k.dtype)), jnp.where(rows, v, jnp.zeros((), v.dtype))
+    q, k, v = heads_first(q), heads_first(k), heads_first(v)  # k, v: [..., (H,) Sk, D]
+    # Causal masking, mask and bias hide a key from some queries only, so its rows cannot be
+    # zeroed: both products then go through _scores and _weigh_values, which keep a hidden key's
+    # non-finite entries out of the output and the gradients.
+    partial = is_causal or mask is not None or bias is not None
     if q.dtype != acc and jax.default_backend() == "cpu":  # no 16-bit dot with a float32 result
         q, k = q.astype(acc), k.astype(acc)
-    kt = jnp.swapaxes(k, -1, -2)
+    preferred = None
     if q.dtype == acc:  # fold the scale into q: Sq*D multiplies instead of Sq*Sk
-        logits = jnp.matmul(q * scale, kt, precision=precision)  # [..., (H,) Sq, Sk]
+        q = q * scale
     else:
-        logits = jnp.matmul(q, kt, precision=precision, preferred_element_type=acc) * scale
+        preferred = acc
+    logits = (_scores if partial else _qk)(q, k, precision, preferred)
+    if preferred is not None:
+        logits = logits * scale  # [..., (H,) Sq, Sk]
 
     visible = None  # which keys each query sees, broadcastable to the logits
     if mask is not None:
         visible = drop_head_axis(mask).astype(bool)
-    if lengths is not None:
-        lens = jnp.asarray(lengths)
-        if not jnp.issubdtype(lens.dtype, jnp.integer):
-            raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
-        seen = jnp.arange(sk) < lens[..., None]  # [batch..., Sk]
+    if seen is not None:
         visible = _both(visible, seen[..., None, :] if single else seen[..., None, None, :])
     if is_causal:
         visible = _both(visible, jnp.tril(jnp.ones((sq, sk), bool), k=sk - sq))
@@ -134,11 +157,101 @@ def xla_attention(
             shape[:-2] = [1] * (len(shape) - 2)
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, shape)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), jnp.zeros((), weights.dtype))
-    out = jnp.matmul(weights, v.astype(acc), precision=precision)  # [..., (H,) Sq, Dv]
+    if partial:
+        out = _weigh_values(weights, v.astype(acc), visible, precision)
+    else:
+        out = jnp.matmul(weights, v.astype(acc), precision=precision)  # [..., (H,) Sq, Dv]
     if visible is not None:  # a row that sees no key: zeros (its softmax would be uniform), zero gradients
         out = jnp.where(jnp.any(visible, axis=-1, keepdims=True), out, jnp.zeros((), out.dtype))
     out = out.astype(out_dtype)
     return out[..., None, :] if single else jnp.swapaxes(out, -3, -2)
+
+
+def _finite_or_zero(x: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+
+
+def _qk(q: jax.Array, k: jax.Array, precision, preferred) -> jax.Array:
+    return jnp.matmul(q, jnp.swapaxes(k, -1, -2), precision=precision, preferred_element_type=preferred)
+
+
+def _sum_terms(out: jax.Array, terms: list[jax.Array]) -> jax.Array:
+    """The tangent: the sum of the terms of the perturbed inputs (zeros if none is)."""
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _scores(q: jax.Array, k: jax.Array, precision, preferred) -> jax.Array:
+    """``q @ k^T`` (``[..., Sq, D] x [..., Sk, D] -> [..., Sq, Sk]``), the one product of the plain
+    path. The caller replaces the logits of hidden keys, so a NaN or inf in a hidden key is
+    harmless forward; the derivatives take k's non-finite entries as zero, so that the zero
+    cotangent of a hidden logit cannot make dq ``0 * NaN``. (A visible non-finite key makes its
+    queries' softmax NaN, and their gradients with it.)"""
+    return _qk(q, k, precision, preferred)
+
+
+def _scores_jvp(precision, preferred, primals, tangents):
+    q, k = primals
+    dq, dk = tangents
+    out = _qk(q, k, precision, preferred)
+    terms = []
+    if not isinstance(dq, SymbolicZero):
+        terms.append(_qk(dq, _finite_or_zero(k), precision, preferred))
+    if not isinstance(dk, SymbolicZero):
+        terms.append(_qk(q, dk, precision, preferred))
+    return out, _sum_terms(out, terms)
+
+
+_scores.defjvp(_scores_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _weigh_values(weights: jax.Array, v: jax.Array, visible: jax.Array, precision) -> jax.Array:
+    """``weights @ v`` (``[..., Sq, Sk] x [..., Sk, Dv]``) in which keys hidden by ``visible`` take
+    no part even when their values are NaN or inf (their weights are 0, and ``0 * NaN`` is NaN).
+
+    One product, with v's non-finite entries zeroed (the same numbers when all are finite). Only
+    when some entry is not finite, a guarded second path puts back what the visible ones make of
+    the result, as IEEE arithmetic says: NaN where a visible key brings a NaN (or ``0 * inf``, or
+    both infinities), else +-inf where one brings that infinity; decided by products of 0/1
+    indicators, which are exact. Under ``jax.vmap`` (a predicate per example) ``lax.cond``
+    becomes a select that runs both paths; neither has a ``0 * NaN``, so the select is safe,
+    forward and backward. The derivatives take v's non-finite entries as zero (the outputs they
+    reach are NaN or inf)."""
+    finite = jnp.isfinite(v)
+    out = jnp.matmul(weights, jnp.where(finite, v, jnp.zeros((), v.dtype)), precision=precision)
+
+    def restore(out: jax.Array) -> jax.Array:
+        vis = jnp.broadcast_to(visible, weights.shape)
+
+        def any_term(m: jax.Array, indicator: jax.Array) -> jax.Array:
+            return jnp.matmul(m.astype(out.dtype), indicator.astype(out.dtype)) > 0
+
+        zero = jnp.logical_and(vis, weights == 0)  # visible with weight 0 (dropped, underflowed): 0 * inf
+        nan = jnp.logical_or(any_term(vis, jnp.isnan(v)), any_term(zero, jnp.isinf(v)))
+        inf = any_term(jnp.logical_and(vis, weights > 0), jnp.concatenate([v == jnp.inf, v == -jnp.inf], axis=-1))
+        pos_inf, neg_inf = inf[..., : v.shape[-1]], inf[..., v.shape[-1] :]
+        nan = jnp.logical_or(nan, jnp.logical_and(pos_inf, neg_inf))
+        out = jnp.where(neg_inf, jnp.asarray(-jnp.inf, out.dtype), out)
+        out = jnp.where(pos_inf, jnp.asarray(jnp.inf, out.dtype), out)
+        return jnp.where(nan, jnp.asarray(jnp.nan, out.dtype), out)
+
+    return jax.lax.cond(jnp.all(finite), lambda x: x, restore, out)
+
+
+def _weigh_values_jvp(precision, primals, tangents):
+    weights, v, visible = primals
+    dw, dv = tangents[:2]  # visible: boolean, no tangent
+    out = _weigh_values(weights, v, visible, precision)
+    terms = []
+    if not isinstance(dw, SymbolicZero):
+        terms.append(jnp.matmul(dw, _finite_or_zero(v), precision=precision))
+    if not isinstance(dv, SymbolicZero):
+        terms.append(jnp.matmul(weights, dv, precision=precision))
+    return out, _sum_terms(out, terms)
+
+
+_weigh_values.defjvp(_weigh_values_jvp, symbolic_zeros=True)
 
 
 def dot_product_attention(

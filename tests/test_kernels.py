@@ -20,6 +20,7 @@ from flax import nnx
 
 from jax_cer.kernels import flash_attention, xla_attention
 from jax_cer.kernels.flash_attention import alignment, contiguous_strides, launch_hints
+from jax_cer.kernels.xla import dot_product_attention as xla_dot_product_attention
 from jax_cer.models import build_model
 from jax_cer.parity.attention import attention64, low_precision_attention
 from jax_cer.parity.tolerances import TOLERANCES, flash_rule_bound
@@ -232,3 +233,181 @@ def test_launch_hints_follow_the_real_strides() -> None:
         assert all(s % got == 0 for s in strides[:3])
     assert launch_hints(128, contiguous_strides((1, 5, 2, 128)))["EVEN_D"]
     assert not launch_hints(96, contiguous_strides((1, 5, 2, 96)))["EVEN_D"]
+
+
+# Keys hidden from every query in each masking mode (B=2, Sq=5, Sk=9): batch 0's keys 4..8 by
+# kv_lengths, keys 2 and 6 by a mask or a -inf bias; causal (bottom-right) hides keys 7 and 8 from
+# queries 0..2 only (queries 3 and 4 see them).
+_HIDDEN_SQ, _HIDDEN_SK = 5, 9
+
+
+def _hiding(kind: str):
+    """(xla_attention kwargs, visibility [B, H, Sq, Sk], the poisoned keys of batch 0)."""
+    b, h, sq, sk = 2, 2, _HIDDEN_SQ, _HIDDEN_SK
+    rng = np.random.default_rng(20)
+    j = np.arange(sk)
+    vis = np.ones((b, h, sq, sk), bool)
+    if kind == "lengths":
+        lens = np.asarray([4, 9])
+        vis &= j < lens[:, None, None, None]
+        return {"lengths": jnp.asarray(lens, jnp.int32)}, vis, [4, 5, 6, 7, 8]
+    if kind == "causal":
+        vis &= j[None, :] <= np.arange(sq)[:, None] + sk - sq
+        return {"is_causal": True}, vis, [7, 8]
+    hide = rng.uniform(size=(b, 1, sq, sk)) > 0.7
+    hide[0, :, :, [2, 6]] = True
+    hide[:, :, :, 0] = False  # every row sees a key
+    vis &= ~hide
+    if kind == "mask":
+        return {"mask": jnp.asarray(~hide)}, vis, [2, 6]
+    bias = np.where(np.broadcast_to(hide, vis.shape), -np.inf, rng.normal(size=vis.shape))
+    return {"bias": jnp.asarray(bias, jnp.float32)}, vis, [2, 6]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("target", ["k", "v"])
+@pytest.mark.parametrize("kind", ["lengths", "causal", "mask", "bias"])
+def test_xla_hidden_nonfinite_keys_have_no_influence(kind: str, target: str, value: float) -> None:
+    """A NaN / +-inf in hidden key or value rows changes no output a hidden key is kept from, and
+    no gradient: the same numbers as with ordinary values there, all finite, zero for those rows.
+    The loss covers the queries that do not see a poisoned key (under causal masking some do,
+    and get a non-finite output: a NaN key then also makes their softmax, and through it dK and
+    dV, NaN, as in any plain product, so only the other queries' dQ is compared there)."""
+    kw, vis, poisoned = _hiding(kind)
+    q, k, v, do = _qkv(2, _HIDDEN_SQ, _HIDDEN_SK, 2, 16, seed=21)
+    clean = {"k": k, "v": v}
+    dirty = dict(clean)
+    dirty[target] = clean[target].at[0, jnp.asarray(poisoned)].set(value)
+    sees = vis[:, :, :, poisoned].any(-1)  # [B, H, Sq]
+    sees[1] = False  # batch 1 keeps its values
+    keep = jnp.asarray(~sees.transpose(0, 2, 1)[..., None])  # [B, Sq, H, 1]
+
+    def loss_and_grads(k, v):
+        def loss(q, k, v):
+            return jnp.sum(jnp.where(keep, xla_attention(q, k, v, **kw), 0.0) * do)
+
+        return (xla_attention(q, k, v, **kw), *jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+    want = loss_and_grads(clean["k"], clean["v"])
+    got = loss_and_grads(dirty["k"], dirty["v"])
+    rows = np.broadcast_to(np.asarray(keep), want[0].shape)
+    names = ("out", "dq", "dk", "dv") if target == "v" or not sees.any() else ("out", "dq")
+    for name, g, w in zip(names, got, want, strict=False):
+        g, w = np.asarray(g), np.asarray(w)
+        if name in ("out", "dq"):
+            g, w = g[rows], w[rows]
+        assert np.isfinite(g).all(), f"{kind} {target}={value}: {name} not finite"
+        np.testing.assert_array_equal(g, w, err_msg=f"{kind} {target}={value}: {name}")
+    if not sees.any():
+        for name, g in zip(("dk", "dv"), got[2:], strict=True):
+            assert not np.any(np.asarray(g)[0, poisoned]), f"{kind}: {name} of hidden rows not zero"
+    if sees.any():  # queries that do see a poisoned key do get a non-finite output
+        assert not np.isfinite(np.asarray(got[0])[~rows]).any()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kind", ["none", "lengths", "causal", "mask"])
+def test_xla_visible_nonfinite_values_still_propagate(kind: str, value: float) -> None:
+    """A NaN / inf in a visible value entry reaches exactly the outputs that see it, with IEEE
+    arithmetic's value (+-inf for an infinity times a positive weight); a NaN in a visible key
+    makes the whole output row of every query that sees it NaN."""
+    kw, vis, _ = _hiding("lengths" if kind == "none" else kind)
+    if kind == "none":
+        kw, vis = {}, np.ones_like(vis)
+    q, k, v, _ = _qkv(2, _HIDDEN_SQ, _HIDDEN_SK, 2, 16, seed=22)
+    head, col = 1, 5
+    partly = [j for j in range(_HIDDEN_SK) if vis[0, head, :, j].any() and not vis[0, head, :, j].all()]
+    j = 3 if kind in ("none", "lengths") else partly[0]  # batch 0's key j: some queries see it (causal, mask: not all)
+    sees = vis[0, head, :, j]
+    assert sees.any()
+    clean = np.asarray(xla_attention(q, k, v, **kw))
+
+    out = np.asarray(xla_attention(q, k, v.at[0, j, head, col].set(value), **kw))
+    want = clean.copy()
+    want[0, sees, head, col] = value
+    np.testing.assert_array_equal(out, want)
+
+    if np.isnan(value):
+        out = np.asarray(xla_attention(q, k.at[0, j, head, col].set(value), v, **kw))
+        assert np.isnan(out[0, sees, head]).all()
+        want = clean.copy()
+        want[0, sees, head] = np.nan
+        np.testing.assert_array_equal(out, want)
+
+
+def test_xla_hidden_nonfinite_under_jit_vmap_jvp_and_dropout() -> None:
+    """NaN in batch 0's hidden key and value rows (a mask with causal masking): jit, grad of vmap
+    (a select over both paths), vmap of grad, forward-mode jvp and attention dropout give the
+    numbers of clean rows, finite."""
+    kw, _, poisoned = _hiding("mask")
+    kw["is_causal"] = True
+    q, k, v, do = _qkv(2, _HIDDEN_SQ, _HIDDEN_SK, 2, 16, seed=23)
+    dirty_k, dirty_v = (x.at[0, jnp.asarray(poisoned)].set(jnp.nan) for x in (k, v))
+    mask = kw.pop("mask")
+
+    def one(q, k, v, mask, **extra):  # one example: [Sq, H, D]
+        return xla_attention(q[None], k[None], v[None], mask=mask[None], **kw, **extra)[0]
+
+    def loss(q, k, v):
+        return jnp.sum(jax.vmap(one)(q, k, v, mask) * do)
+
+    def per_example_grads(q, k, v):
+        return jax.vmap(jax.grad(lambda q, k, v, m, do: jnp.sum(one(q, k, v, m) * do), argnums=(0, 1, 2)))(
+            q, k, v, mask, do
+        )
+
+    tangents = _qkv(2, _HIDDEN_SQ, _HIDDEN_SK, 2, 16, seed=24)[:3]
+    key = jax.random.key(25)
+    checks = {
+        "jit(grad(vmap))": jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+        "vmap(grad)": jax.jit(per_example_grads),
+        "jvp": lambda q, k, v: jax.jvp(lambda *a: jax.vmap(one)(*a, mask), (q, k, v), tuple(tangents)),
+        "dropout": lambda q, k, v: _run(
+            functools.partial(xla_attention, mask=mask, **kw, dropout_rate=0.3, dropout_rng=key), q, k, v, do
+        ),
+    }
+    for name, fn in checks.items():
+        want = jax.tree.leaves(fn(q, k, v))
+        got = jax.tree.leaves(fn(q, dirty_k, dirty_v))
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert np.isfinite(np.asarray(g)).all(), f"{name}[{i}] not finite"
+            np.testing.assert_array_equal(g, w, err_msg=f"{name}[{i}]")
+
+
+_EMPTY = {"xla_attention": xla_attention, "flash_attention": functools.partial(flash_attention, backend="xla")}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("hide", ["none", "lengths", "causal", "mask"])
+@pytest.mark.parametrize("fn", ["xla_attention", "flash_attention", "dot_product_attention"])
+@pytest.mark.parametrize(("sq", "sk"), [(5, 0), (0, 7), (0, 0)])
+def test_xla_no_keys_or_no_queries_give_zeros_and_zero_gradients(sq, sk, fn: str, hide: str, dtype) -> None:
+    """Sk = 0: zeros of shape [B, Sq, H, D] in q's dtype, zero gradients (dK, dV of shape
+    [B, 0, H, D]); Sq = 0: an empty output. Through every entry point and masking mode."""
+    b, h, d = 2, 3, 16
+    q, k, v, _ = _qkv(b, sq, sk, h, d, dtype=dtype, seed=26)
+    kw: dict = {
+        "none": {},
+        "lengths": {"lengths": jnp.zeros((b,), jnp.int32)},
+        "causal": {"is_causal": True},
+        "mask": {"mask": jnp.ones((b, 1, sq, sk), bool)},
+    }[hide]
+    if fn == "xla_attention":
+        call = xla_attention
+    else:
+        if "lengths" in kw:
+            kw["kv_lengths"] = kw.pop("lengths")
+        call = xla_dot_product_attention if fn == "dot_product_attention" else _EMPTY[fn]
+
+    def attend(q, k, v):
+        return call(q, k, v, **kw)
+
+    out = attend(q, k, v)
+    assert out.shape == (b, sq, h, d) and out.dtype == dtype
+    assert not np.any(np.asarray(out, np.float32))
+    grads = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32) ** 2 + attend(q, k, v)), (0, 1, 2))(
+        q, k, v
+    )
+    for g, x in zip(grads, (q, k, v), strict=True):
+        assert g.shape == x.shape and g.dtype == dtype
+        assert not np.any(np.asarray(g, np.float32))

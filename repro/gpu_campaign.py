@@ -2,19 +2,29 @@
 
     python -m repro.gpu_campaign plan
     python -m repro.gpu_campaign wheels [--dest .whl]                  # where pip reaches PyPI
-    python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # on the GPU machine: PART = parity
-                                                                       #   | attention | models | profile
-                                                                       #   | tune | all
+    python -m repro.gpu_campaign run PART --out DIR [--wheels .whl]    # on the GPU machine: PART = essentials
+                                                                       #   | parity | attention | models
+                                                                       #   | profile | tune | all
     python -m repro.gpu_campaign collect DIR                           # results -> repro/results, report
 
 A GPU machine with CUDA builds of jax, triton and torch runs the campaign from a checkout of this
-repository, in parts, each one command that finishes within ``--budget-s`` (default 540 s, so that a
-part fits a 10-minute limit per command); parity, attention and models take about 25 minutes
-together; profile and tune (7 minutes each) are for when the Triton kernels trail cuDNN. ``run``
-first installs the wheels of ``--wheels`` (jax-triton, which GPU images often lack, and anything else
-placed there) into a private folder, then runs its steps one after another, each in its own process,
-and writes under ``DIR/<machine>/``:
+repository, in parts, each one command that finishes within ``--budget-s``. ``essentials`` (480 s by
+default, so that it fits a 15-minute machine window together with the machine's start and the copying
+of its results) is the part to run when the machine's time is short: kernel correctness up to S=8k and
+the main comparisons, cut to the cases that matter most. The other parts (540 s each by default, so
+that a part fits a 10-minute limit per command) measure everything: parity, attention and models take
+about 25 minutes together; profile and tune (7 minutes each) are for when the Triton kernels trail
+cuDNN. ``run`` first installs the wheels of ``--wheels`` (jax-triton, which GPU images often lack, and
+anything else placed there) into a private folder and checks the environment (about 25 s), then runs
+its steps one after another, each in its own process, and writes under ``DIR/<machine>/``:
 
+* ``essentials``, in order of priority: the kernel check at S <= 8k (``python -m repro.kernel_check
+  --max-seq 8192 --dtypes bfloat16``: bf16, D 64 and 128, causal and not, S 512 to 8k, S=1025 with
+  lengths, Sq != Sk, and fp32 at S 1025 and 4096; ``kernelcheck-*.json``); attention forward, then
+  forward+backward: ``flash_attention`` against XLA and cuDNN, bf16, D 64 and 128, causal and not,
+  S 1k to 8k; the fusion models (LFAN, CAN, MT, JMT) forward and training step against PyTorch at
+  batch 16; SO against Adam (step time and state bytes). Every case of it is also a case of the
+  parts below.
 * ``parity``: ``jax-cer repro`` at highest fp32 precision (``repro-*.json``); the kernel tests of
   ``tests/test_kernels.py`` on the compiled Triton kernels; the long-sequence kernel suite
   (``python -m repro.kernel_check``: bf16, fp16 and fp32, S up to 16k, ``kernelcheck-*.json``); the
@@ -29,13 +39,16 @@ and writes under ``DIR/<machine>/``:
   (``profile-*.csv``), for what limits the kernel, and a block-size sweep of the forward against
   the shipped configuration and cuDNN (``python -m repro.attention_sweep``, ``sweep-*.json``).
 * ``tune``: the same sweep for the backward's dK/dV and dQ kernels.
+* ``all``: every part but ``essentials`` (whose cases the others cover), one after another.
 
-The benchmark steps run ``jax-cer bench --out DIR/<machine>``; a part's benchmark files are joined
-into one ``bench-<time>.json`` at its end. Every part also writes ``campaign-<part>-*.json``: the
-machine record, each step's command, exit status, time and the end of its output, and the steps not
-started because the budget ran out (``--only`` reruns them later). ``collect`` copies the files into
-``repro/results/<machine>/`` and regenerates BENCHMARKS.md with ``jax-cer report``, which then has the
-GPU's columns beside the CPU's.
+A step starts only while at least half its estimate is left of the budget, and one that runs past
+the budget is stopped (its whole process group), so a part ends within its budget and the steps
+first in order are the ones that run. The benchmark steps run ``jax-cer bench --out DIR/<machine>``;
+a part's benchmark files are joined into one ``bench-<time>.json`` at its end. Every part also
+writes ``campaign-<part>-*.json``: the machine record, each step's command, exit status, time and
+the end of its output, and the steps not started because the budget ran out (``--only`` reruns them
+later). ``collect`` copies the files into ``repro/results/<machine>/`` and regenerates BENCHMARKS.md
+with ``jax-cer report``, which then has the GPU's columns beside the CPU's.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +73,16 @@ from jax_cer.parity.golden import default_golden_dir, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET_S = 540
+"""A part's default budget: within a 10-minute limit per command."""
+ESSENTIALS_BUDGET_S = 480
+"""``essentials``' default budget: with the machine's start (1-2 minutes) and the copying of the results,
+within a 15-minute machine window."""
+SETUP_S = 25
+"""Seconds before a part's first step: pip installing the carried wheels (no index, no dependencies)
+and the environment check (a fresh interpreter importing jax on the GPU, torch, transformers, flax,
+optax and orbax), counted in the part's budget."""
+SELF_STOPPING = ("repro.kernel_check", "repro.attention_sweep")
+"""Step modules that take ``--budget-s`` and stop starting cases when it is spent (keeping what they measured)."""
 SITE = Path("/tmp/jax-cer-site")
 WHEELS = ("jax-triton==0.3.1",)
 """What a GPU image with CUDA builds of jax, triton and torch (and flax, optax, orbax, transformers,
@@ -76,6 +100,11 @@ class Step:
     what: str = ""
     smoke: tuple[str, ...] = ()
     """``--smoke``: appended to the arguments (the benchmarks' ``-k`` is narrowed instead)."""
+    smoke_k: str = ""
+    """``--smoke`` of a benchmark step: what its ``-k`` is narrowed by (empty: ``SMOKE_BENCH_K``)."""
+    own_budget_s: int = 0
+    """A step of ``SELF_STOPPING``: start no case after this many seconds (0: what is left of the part's
+    budget, less a minute), so that the steps after it keep their turn."""
 
 
 def _bench(k: str, folder: str) -> tuple[str, ...]:
@@ -92,10 +121,87 @@ def repro_cases(text_checkpoint: bool) -> tuple[str, ...]:
     return ("--only", ",".join([*load_manifest(default_golden_dir())["cases"], "so"]))
 
 
+ESSENTIAL_SEQS = (1024, 2048, 4096, 8192)
+"""The attention benchmark's sequence lengths in ``essentials`` (the benchmark's grid: 512 to 16k)."""
+ESSENTIAL_MODELS = ("lfan", "can", "mt", "jmt")
+"""The fusion models of the models benchmark (its other cases: the TCN and the IR-50 on their own)."""
+
+
+def _any_of(*words: str) -> str:
+    return "(" + " or ".join(words) + ")"
+
+
+def _essentials(folder: str, stamp: str) -> list[Step]:
+    """``essentials``: the steps in order of priority, each one process, within ``ESSENTIALS_BUDGET_S``
+    with ``SETUP_S``.
+
+    The estimates are proportional to those of the full steps (H100): a full step's estimate is about
+    20 s of start (imports, CUDA and Triton start-up, first compilations) plus its cases; a step here
+    is 20 s plus the same per-case share for the cases it keeps. Counting cases rather overstates: the
+    cases left out include the largest (S=16k, whose attention costs the most at B*S = 16k tokens, and
+    the IR-50 on 256 frames)."""
+    seqs = _any_of(*(f"-{s}-" for s in ESSENTIAL_SEQS))  # the case ids read impl-S-D-dtype-causal-pass
+    dims = _any_of("-64-", "-128-")
+    return [
+        # parity's kernel-check: 240 s = 20 + 220 s for 68 cases (bf16 and fp16 x D 64/128 x causal or not
+        # x S 512-16k = 48, 16 awkward, 4 fp32); bf16 up to 8k keeps 2 D x 2 x 5 S = 20, 8 awkward and the
+        # 4 fp32: 32 cases, 20 + 220 * 32 / 68 = 124 -> 125. Its own budget (cases start within 150 s,
+        # 1.4x the estimate's 105 s of cases) keeps the benchmarks their turn on a slower machine; the
+        # JSON lists the cases it left.
+        Step(
+            "kernel-check-8k",
+            (
+                "-m",
+                "repro.kernel_check",
+                "--max-seq",
+                "8192",
+                "--dtypes",
+                "bfloat16",
+                "--json",
+                f"{folder}/kernelcheck-{stamp}.json",
+            ),
+            125,
+            own_budget_s=150,
+            what="bf16 kernel correctness S 512-8k, D 64/128, causal or not, lengths, Sq != Sk; fp32 at 1025/4096",
+            smoke=("--seqs", "40", "--head-dims", "32", "--dtypes", "bfloat16"),
+        ),
+        # attention's fwd steps: 50 s = 20 + 30 s for 36 cases (3 impls x 6 S x causal or not, one D);
+        # here 3 x 4 S x 2 x both D = 48 cases: 20 + 30 * 48 / 36 = 60. The fwd+bwd steps: 75 s =
+        # 20 + 55 s for 36 cases; 48 here: 20 + 55 * 48 / 36 = 93.
+        *(
+            Step(
+                f"attention-{p}-bfloat16",
+                _bench(f"test_attention and {sel} and bfloat16 and {dims} and {seqs}", folder),
+                est,
+                what=f"attention {p} bf16 D=64 and 128: flash_attention vs XLA vs cuDNN, S 1k-8k",
+                smoke_k=_any_of("1024-64-bfloat16-False", "1024-128-bfloat16-False"),
+            )
+            for p, sel, est in (("fwd", "not bwd", 60), ("fwd+bwd", "bwd", 93))
+        ),
+        # models' models step: 150 s = 20 + 130 s for 24 cases (6 models x JAX/PyTorch x forward/train
+        # step); the 4 fusion models are 16 cases: 20 + 130 * 16 / 24 = 107
+        Step(
+            "models-fusion",
+            _bench(f"test_bench_models and {_any_of(*ESSENTIAL_MODELS)}", folder),
+            107,
+            what="LFAN, CAN, MT, JMT forward and train step, batch 16: JAX vs PyTorch",
+        ),
+        # models' so step: 120 s = 20 + 100 s for 10 cases (SO and Adam at 2 densities, 6 step parts);
+        # SO against Adam is 4 cases: 20 + 100 * 4 / 10 = 60
+        Step(
+            "so-vs-adam",
+            _bench("test_so_vs_adam_step", folder),
+            60,
+            what="SO vs optax.adam on the ViT-B/16 set: step time and state bytes (densities 5e-5, 5e-4)",
+        ),
+    ]
+
+
 def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: bool = True) -> list[Step]:
     """The steps of one part; ``out`` is the folder named on the command line."""
     folder = f"{out}/{machine}"
     parts = {
+        "essentials": _essentials(folder, stamp),
         "parity": [
             Step(
                 "repro",
@@ -187,11 +293,18 @@ def steps_of(part: str, out: str, machine: str, stamp: str, text_checkpoint: boo
         ],
     }
     if part == "all":
-        return [s for p in PARTS[:-1] for s in parts[p]]
+        return [s for p in FULL_PARTS for s in parts[p]]
     return parts[part]
 
 
-PARTS = ("parity", "attention", "models", "profile", "tune", "all")
+FULL_PARTS = ("parity", "attention", "models", "profile", "tune")
+"""The parts that together measure everything (``all``)."""
+PARTS = ("essentials", *FULL_PARTS, "all")
+
+
+def part_budget(part: str) -> int:
+    """A part's default ``--budget-s``."""
+    return ESSENTIALS_BUDGET_S if part == "essentials" else DEFAULT_BUDGET_S
 
 
 def install_wheels(wheels: Path, site: Path = SITE) -> list[str]:
@@ -285,7 +398,7 @@ def smoke(step: Step) -> Step:
     argv, env = step.argv, step.env
     if argv[:3] == ("-m", "jax_cer.cli", "bench"):
         i = argv.index("-k") + 1
-        argv = (*argv[:i], f"({argv[i]}) and {SMOKE_BENCH_K}", *argv[i + 1 :], "--rounds", "1")
+        argv = (*argv[:i], f"({argv[i]}) and {step.smoke_k or SMOKE_BENCH_K}", *argv[i + 1 :], "--rounds", "1")
     elif "--only" in argv:  # repro: replace the case list
         i = argv.index("--only")
         argv = argv[:i] + argv[i + 2 :]
@@ -293,8 +406,42 @@ def smoke(step: Step) -> Step:
     return dataclasses.replace(step, argv=(*argv, *step.smoke), env=env, estimate_s=min(step.estimate_s, 30))
 
 
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # every process of the group has ended
+        pass
+
+
+def run_step(argv: list[str], env: dict[str, str], timeout: float | None) -> tuple[int | str, str]:
+    """Runs one step's command at the repository root; returns its exit status (``"timeout"`` when it
+    ran past ``timeout`` seconds) and its output. The step runs in a process group of its own, which
+    a timeout (or an interrupt of the campaign) kills whole: ``jax-cer bench`` runs its cases in a
+    pytest child that would otherwise go on using the GPU after the step is stopped."""
+    proc = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        try:  # the output so far (a process that left the group may still hold the pipes)
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.wait()
+            out, err = "", "(no output: a process outside the step's group held its pipes)\n"
+        return "timeout", out + err
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    return proc.returncode, out + err
+
+
 def run_part(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    if args.budget_s is None:
+        args.budget_s = part_budget(args.part)
     out = Path(args.out).resolve()
     site = None
     installed: list[str] = []
@@ -356,26 +503,12 @@ def run_part(args: argparse.Namespace) -> int:
             save()
             continue
         argv = [sys.executable, *step.argv]
-        if (
-            step.name in ("kernel-check", "sweep-fwd", "sweep-bwd") and left is not None and not args.smoke
-        ):  # they stop by themselves
-            argv += ["--budget-s", str(max(int(left - 60), 30))]
+        if step.argv[1] in SELF_STOPPING and left is not None and not args.smoke:  # they stop by themselves
+            own = max(int(left - 60), 30)
+            argv += ["--budget-s", str(min(own, step.own_budget_s) if step.own_budget_s else own)]
         print(f"-- {step.name}: {step.what}\n   $ {' '.join(argv[1:])}", flush=True)
         s0 = time.monotonic()
-        try:
-            res = subprocess.run(
-                argv,
-                env={**env, **dict(step.env)},
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=None if left is None else max(left - 5, 1),
-                check=False,
-            )
-            rc, text = res.returncode, res.stdout + res.stderr
-        except subprocess.TimeoutExpired as e:
-            rc = "timeout"
-            text = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        rc, text = run_step(argv, {**env, **dict(step.env)}, None if left is None else max(left - 5, 1))
         sys.stdout.write(_tail(text, 6000))
         took = round(time.monotonic() - s0, 1)
         log["steps"].append(
@@ -395,20 +528,25 @@ def run_part(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    total = 0
+    print(
+        f"each part first installs the wheels and checks the environment (about {SETUP_S}s), then runs its steps "
+        "in order (seconds on an H100; a step starts while half its estimate is left of the budget):"
+    )
+    minutes = {}
     for part in PARTS[:-1]:
         steps = steps_of(part, "$OUT", "<machine>", "<time>")
-        est = sum(s.estimate_s for s in steps)
-        total += est
-        print(f"{part} (about {est / 60:.1f} min of {DEFAULT_BUDGET_S / 60:.0f}):")
+        minutes[part] = sum(s.estimate_s for s in steps) / 60
+        print(f"{part} (about {minutes[part]:.1f} min of {part_budget(part) / 60:.0f}):")
         for s in steps:
-            print(f"  {s.name:<22} ~{s.estimate_s:>4}s  {s.what}")
+            print(f"  {s.name:<30} ~{s.estimate_s:>4}s  {s.what}")
             if args.commands:
                 print(f"      $ python {shlex.join(s.argv)}")
-    core = sum(s.estimate_s for p in ("parity", "attention", "models") for s in steps_of(p, "$OUT", "m", "t"))
+    core = sum(minutes[p] for p in ("parity", "attention", "models"))
     print(
-        f"parity + attention + models: about {core / 60:.0f} min; with profile and tune (when the kernels trail "
-        f"cuDNN): about {total / 60:.0f} min"
+        f"essentials: about {minutes['essentials'] + SETUP_S / 60:.1f} min with the set-up, within "
+        f"{ESSENTIALS_BUDGET_S / 60:.0f} min (a 15-minute machine window with the machine's start); "
+        f"parity + attention + models: about {core:.0f} min; with profile and tune (when the kernels trail "
+        f"cuDNN): about {sum(minutes[p] for p in FULL_PARTS):.0f} min"
     )
     print("each part: python -m repro.gpu_campaign run PART --out $OUT --wheels .whl")
     return 0
@@ -470,15 +608,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--commands", action="store_true", help="also print each step's command")
     pl.set_defaults(func=cmd_plan)
     r = sub.add_parser("run", help="run one part on the GPU machine")
-    r.add_argument("part", choices=PARTS, help="which part (all: every part in one go, no time limit intended)")
+    r.add_argument(
+        "part",
+        choices=PARTS,
+        help="which part (essentials: the main checks and comparisons within 8 minutes, for a short machine "
+        "window; all: every part but essentials in one go, no time limit intended)",
+    )
     r.add_argument("--out", required=True, metavar="DIR", help="where results go (DIR/<machine>/...)")
     r.add_argument("--wheels", metavar="DIR", help="install these wheels first (no index, no dependencies)")
     r.add_argument("--site", default=str(SITE), metavar="DIR", help=f"where the wheels go (default {SITE})")
     r.add_argument(
         "--budget-s",
         type=float,
-        default=DEFAULT_BUDGET_S,
-        help=f"start no step that would not finish within this many seconds (default {DEFAULT_BUDGET_S}; 0: none)",
+        default=None,
+        help="the part ends within this many seconds: a step starts while half its estimate is left and is "
+        f"stopped 5 s before the end (default {ESSENTIALS_BUDGET_S} for essentials, {DEFAULT_BUDGET_S} for the "
+        "others; 0: none)",
     )
     r.add_argument("--only", metavar="STEP,...", help="only these steps of the part (see plan)")
     r.add_argument("--allow-cpu", action="store_true", help="run even where JAX sees no GPU (a plumbing check)")

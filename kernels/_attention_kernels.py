@@ -71,20 +71,69 @@ def _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constex
 
 
 @triton.jit
-def _load_keys_t(base, cols, stride_s, offs_d, stride_d, key_ok, d_ok):
-    """A transposed ``[BLOCK_D, BLOCK_N]`` tile of keys (or values) at positions ``cols``, zero-padded."""
-    return tl.load(
-        base + cols[None, :] * stride_s + offs_d[:, None] * stride_d, mask=key_ok[None, :] & d_ok[:, None], other=0.0
-    )
-
-
-@triton.jit
 def _visible(rows, cols, key_ok, SQ, SK, IS_CAUSAL: tl.constexpr):
     """``[rows, cols]``: the key exists and, if causal, ``col <= row + SK - SQ``."""
     valid = key_ok[None, :]
     if IS_CAUSAL:
         valid = valid & (cols[None, :] <= rows[:, None] + (SK - SQ))
     return valid
+
+
+@triton.jit
+def _unmasked_end(kv_len, m0, SQ, SK, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tiles ``[0, end)`` are visible to every query of the block starting at row ``m0``: they
+    exist (below ``kv_len``) and, if causal, lie left of the block's first row's diagonal. A
+    multiple of ``BLOCK_N``; the tiles from there to :func:`_key_end` need masks."""
+    end = kv_len
+    if IS_CAUSAL:
+        end = tl.minimum(end, m0 + SK - SQ + 1)
+    end = tl.maximum(end, 0)
+    return (end // BLOCK_N) * BLOCK_N
+
+
+@triton.jit
+def _load(ptrs, mask, MASKED: tl.constexpr):
+    """``ptrs``, zero where ``mask`` is false; no mask at all when ``MASKED`` is off."""
+    if MASKED:
+        return tl.load(ptrs, mask=mask, other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _fwd_tile(
+    acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, d_ok, kv_len,
+    stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One key tile of the online softmax. ``MASKED``: the tile may hold keys some rows must not
+    see (past ``kv_len``, right of the causal diagonal); otherwise every key is visible to every
+    row and the tile is loaded and used without masks."""
+    cols = start_n + offs_n
+    key_ok = cols < kv_len
+    kt = _load(
+        k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+        key_ok[None, :] & d_ok[:, None],
+        MASKED or not EVEN_D,
+    )
+    qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
+    if MASKED:
+        qk = tl.where(_visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL), qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = m_new
+    p = tl.exp2(qk - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _load(
+        v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+        key_ok[:, None] & d_ok[None, :],
+        MASKED or not EVEN_D,
+    )
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
+    return acc, l_i, m_new
 
 
 @triton.jit
@@ -115,30 +164,26 @@ def _attn_fwd_kernel(
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < SQ) & d_ok[None, :], other=0.0)
     kv_len = _kv_length(LENS, b, SK, HAS_LENS)
     hi = _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL, BLOCK_M)
+    mid = _unmasked_end(kv_len, pid_m * BLOCK_M, SQ, SK, IS_CAUSAL, BLOCK_N)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        key_ok = cols < kv_len
-        kt = _load_keys_t(k_base, cols, stride_ks, offs_d, stride_kd, key_ok, d_ok)
-        qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
-        qk = tl.where(_visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL), qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
-        p = tl.exp2(qk - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-            mask=key_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
-        m_i = m_new
+    # Rows past SQ hold zeros and are never stored, so the unmasked tiles need no row mask.
+    for start_n in range(0, mid, BLOCK_N):
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, d_ok, kv_len,
+            stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+            IS_CAUSAL, False, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
+    for start_n in range(mid, hi, BLOCK_N):  # the diagonal and the kv_len boundary
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, offs_m, offs_n, offs_d, d_ok, kv_len,
+            stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+            IS_CAUSAL, True, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
 
     empty = l_i == 0.0  # every key masked: output 0, lse +inf (backward: exp2(x - inf) = 0)
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -173,6 +218,38 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
+    stride_qs, stride_qd, SQ, SK, scale_log2,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One query tile's contribution to a key block's dK and dV. ``MASKED``: the tile may hold
+    rows past SQ or rows that must not see some of the block's keys (the causal diagonal); otherwise
+    every row exists and sees every key. Keys past ``kv_len`` are zeroed by the caller at the end."""
+    offs_m = start_m + offs_m0
+    row_ok = offs_m < SQ
+    rows = offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    q = _load(q_base + rows, row_ok[:, None] & d_ok[None, :], MASKED or not EVEN_D)
+    do = _load(do_base + rows, row_ok[:, None] & d_ok[None, :], MASKED or not EVEN_D)
+    if MASKED:  # rows past SQ: lse +inf, so exp2(qk - lse) = 0
+        lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
+    else:
+        lse = tl.load(LSE + pid_bh * SQ + offs_m)
+        delta = tl.load(DELTA + pid_bh * SQ + offs_m)
+    qkt = _dot(k, tl.trans(q), IEEE, UPCAST) * scale_log2  # [BLOCK_N, BLOCK_M]
+    pt = tl.exp2(qkt - lse[None, :])
+    if MASKED and IS_CAUSAL:
+        pt = tl.where(offs_n[:, None] <= offs_m[None, :] + (SK - SQ), pt, 0.0)
+    dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
+    dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
+    dst = pt * (dpt - delta[None, :])
+    dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
+    return dk, dv
+
+
+@triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, LENS,
     stride_qb, stride_qs, stride_qh, stride_qd,
@@ -186,7 +263,9 @@ def _attn_bwd_dkdv_kernel(
 ):  # fmt: skip
     """One block of keys: dV = sum_i P^T dO, dK = scale * sum_i dS^T Q over the query blocks.
 
-    dO shares q's strides; dK / dV share k's / v's.
+    dO shares q's strides; dK / dV share k's / v's. A key's P column only reaches its own rows of
+    dK and dV, so keys past ``kv_len`` (loaded as zeros) are handled by zeroing those rows at the
+    end; the loop over queries masks only the causal diagonal and the last partial query tile.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -209,30 +288,61 @@ def _attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # Query tiles: [lo, mid) cross the causal diagonal (masked), [mid, full) see every key of
+    # the block (unmasked), [full, SQ) is the last partial tile (masked).
     lo = 0
-    if IS_CAUSAL:  # the first query that sees this block's first key
-        lo = tl.maximum(pid_n * BLOCK_N - (SK - SQ), 0)
+    mid = 0
+    if IS_CAUSAL:
+        lo = tl.maximum(pid_n * BLOCK_N - (SK - SQ), 0)  # the first query that sees the block's first key
         lo = (lo // BLOCK_M) * BLOCK_M
-    for start_m in range(lo, SQ, BLOCK_M):
-        offs_m = start_m + offs_m0
-        row_ok = offs_m < SQ
-        rows = offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
-        q = tl.load(q_base + rows, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(do_base + rows, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
-        qkt = _dot(k, tl.trans(q), IEEE, UPCAST) * scale_log2  # [BLOCK_N, BLOCK_M]
-        valid = key_ok[:, None] & row_ok[None, :]
-        if IS_CAUSAL:
-            valid = valid & (offs_n[:, None] <= offs_m[None, :] + (SK - SQ))
-        pt = tl.where(valid, tl.exp2(qkt - lse[None, :]), 0.0)
-        dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
-        dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
-        dst = pt * (dpt - delta[None, :])
-        dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
+        mid = tl.maximum(pid_n * BLOCK_N + BLOCK_N - 1 - (SK - SQ), lo)  # sees the block's last key
+        mid = tl.minimum((mid + BLOCK_M - 1) // BLOCK_M * BLOCK_M, (SQ + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
+    full = tl.maximum((SQ // BLOCK_M) * BLOCK_M, mid)
+    for start_m in range(lo, mid, BLOCK_M):
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
+            stride_qs, stride_qd, SQ, SK, scale_log2, IS_CAUSAL, True, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
+    for start_m in range(mid, full, BLOCK_M):
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
+            stride_qs, stride_qd, SQ, SK, scale_log2, IS_CAUSAL, False, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
+    for start_m in range(full, SQ, BLOCK_M):
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
+            stride_qs, stride_qd, SQ, SK, scale_log2, IS_CAUSAL, True, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
+    dk = tl.where(key_ok[:, None], dk, 0.0)
+    dv = tl.where(key_ok[:, None], dv, 0.0)
     store_ok = (offs_n[:, None] < SK) & d_ok[None, :]
     tl.store(DK + k_off, (dk * scale).to(DK.dtype.element_ty), mask=store_ok)
     tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta, k_base, v_base, start_n, offs_m, offs_n0, offs_d, d_ok, kv_len,
+    stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, EVEN_D: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One key tile's contribution to a query block's dQ (``MASKED`` as in :func:`_fwd_tile`; rows
+    past SQ have lse +inf, so their P is 0 without a row mask)."""
+    cols = start_n + offs_n0
+    key_ok = cols < kv_len
+    use_mask = MASKED or not EVEN_D
+    tile_ok = key_ok[None, :] & d_ok[:, None]
+    kt = _load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd, tile_ok, use_mask)
+    vt = _load(v_base + cols[None, :] * stride_vs + offs_d[:, None] * stride_vd, tile_ok, use_mask)
+    qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
+    p = tl.exp2(qk - lse[:, None])
+    if MASKED:
+        p = tl.where(_visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL), p, 0.0)
+    dp = _dot(do, vt, IEEE, UPCAST)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
+    return dq
 
 
 @triton.jit
@@ -267,19 +377,21 @@ def _attn_bwd_dq_kernel(
     delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=row_ok, other=0.0)
     kv_len = _kv_length(LENS, b, SK, HAS_LENS)
     hi = _key_end(kv_len, pid_m, SQ, SK, IS_CAUSAL, BLOCK_M)
+    mid = _unmasked_end(kv_len, pid_m * BLOCK_M, SQ, SK, IS_CAUSAL, BLOCK_N)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n0
-        key_ok = cols < kv_len
-        kt = _load_keys_t(k_base, cols, stride_ks, offs_d, stride_kd, key_ok, d_ok)
-        vt = _load_keys_t(v_base, cols, stride_vs, offs_d, stride_vd, key_ok, d_ok)
-        qk = _dot(q, kt, IEEE, UPCAST) * scale_log2
-        valid = _visible(offs_m, cols, key_ok, SQ, SK, IS_CAUSAL) & row_ok[:, None]
-        p = tl.where(valid, tl.exp2(qk - lse[:, None]), 0.0)
-        dp = _dot(do, vt, IEEE, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
+    for start_n in range(0, mid, BLOCK_N):
+        dq = _dq_tile(
+            dq, q, do, lse, delta, k_base, v_base, start_n, offs_m, offs_n0, offs_d, d_ok, kv_len,
+            stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+            IS_CAUSAL, False, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
+    for start_n in range(mid, hi, BLOCK_N):
+        dq = _dq_tile(
+            dq, q, do, lse, delta, k_base, v_base, start_n, offs_m, offs_n0, offs_d, d_ok, kv_len,
+            stride_ks, stride_kd, stride_vs, stride_vd, SQ, SK, scale_log2,
+            IS_CAUSAL, True, EVEN_D, IEEE, UPCAST,
+        )  # fmt: skip
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

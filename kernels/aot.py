@@ -3,14 +3,17 @@
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` produces the PTX and cubin;
 the register count and spills come from running Triton's own ptxas with ``-v`` on that PTX (the
 driver that normally reports them needs a GPU), the shared memory from Triton's metadata.
-Each configuration is compiled with causal masking and per-example lengths enabled, and in two
-variants: ``aligned`` (D == BLOCK_D and strides divisible by 16 elements: D 32, 64, 128, 256 in
-contiguous arrays, where loads vectorize and pipeline, which costs shared memory) and ``unaligned``
-(an odd D: element-wise loads, which cost registers). Both must fit. The signature mirrors what
-jax-triton compiles: array pointers 16-byte aligned, and scalar arguments equal to 1 (the head
-dim's stride of contiguous arrays) specialized as constants.
+Each configuration is compiled with causal masking and per-example lengths enabled, in its variant
+(:mod:`jax_cer.kernels.configs`): ``aligned`` (D == BLOCK_D and strides divisible by 16 elements: D
+32, 64, 128, 256 in contiguous arrays, where loads vectorize and pipeline, which costs shared
+memory) and ``unaligned`` (an odd D: element-wise loads, which cost registers). The signature
+mirrors what jax-triton compiles: array pointers 16-byte aligned, and scalar arguments equal to 1
+(the head dim's stride of contiguous arrays) specialized as constants. The PTX is searched for the
+tensor-core instructions (``wgmma.mma_async`` on Hopper, ``mma.sync`` on Ampere) and ``cp.async``:
+the 16-bit aligned forward, dK/dV and dQ kernels must use wgmma on sm_90 and mma.sync on sm_80,
+each with pipelined asynchronous copies (:func:`problems`).
 
-Run ``python -m jax_cer.kernels.aot --json PATH`` to write the table (``jax-cer bench`` reports it in
+Run ``python -m jax_cer.kernels.aot --json PATH [--ptx-dir DIR]`` to write the table (``jax-cer bench`` reports it in
 BENCHMARKS.md); ``tests/test_kernels_aot.py`` asserts that everything compiles, nothing spills
 and the shared memory fits the chip.
 """
@@ -57,6 +60,12 @@ class CompileResult:
     shared_bytes: int
     seconds: float
     variant: str = "unaligned"
+    wgmma: int = 0
+    """``wgmma.mma_async`` instructions in the PTX (Hopper's warpgroup tensor-core MMA)."""
+    mma_sync: int = 0
+    """``mma.sync`` instructions in the PTX (Ampere's warp-level tensor-core MMA)."""
+    cp_async: int = 0
+    """``cp.async`` copies in the PTX (asynchronous global-to-shared loads, software-pipelined)."""
 
     @property
     def ok(self) -> bool:
@@ -143,13 +152,40 @@ def _compile(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, varia
     )
 
 
+def ptx_name(kernel: str, dtype: str, bd: int, cc: int, variant: str) -> str:
+    """``<kernel>-<dtype>-d<BLOCK_D>-sm<cc>-<variant>.ptx``, kernel without its ``bwd_`` prefix
+    (``fwd``, ``bwd_preprocess``, ``dkdv``, ``dq``)."""
+    short = {"bwd_dkdv": "dkdv", "bwd_dq": "dq"}.get(kernel, kernel)
+    return f"{short}-{dtype}-d{bd}-sm{cc}-{variant}.ptx"
+
+
+def instruction_counts(ptx: str) -> dict[str, int]:
+    """Tensor-core and asynchronous-copy instructions in a kernel's PTX."""
+    return {
+        "wgmma": len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
+        "mma_sync": len(re.findall(r"\bmma\.sync\b", ptx)),
+        "cp_async": len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
+    }
+
+
 def compile_one(
-    kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, variant: str = "unaligned"
+    kernel: str,
+    dtype: str,
+    bd: int,
+    cfg: KernelConfig,
+    cc: int,
+    variant: str = "unaligned",
+    ptx_dir: str | None = None,
 ) -> CompileResult:
-    """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails."""
+    """Compiles one configuration for compute capability ``cc``; raises if Triton or ptxas fails.
+    With ``ptx_dir``, the PTX is written there as :func:`ptx_name`."""
     t0 = time.perf_counter()
     compiled = _compile(kernel, dtype, bd, cfg, cc, variant)
-    regs, stores, loads = _ptxas_report(compiled.asm["ptx"], cc)
+    ptx = compiled.asm["ptx"]
+    if ptx_dir is not None:
+        Path(ptx_dir).mkdir(parents=True, exist_ok=True)
+        (Path(ptx_dir) / ptx_name(kernel, dtype, bd, cc, variant)).write_text(ptx)
+    regs, stores, loads = _ptxas_report(ptx, cc)
     return CompileResult(
         kernel,
         dtype,
@@ -162,6 +198,7 @@ def compile_one(
         int(compiled.metadata.shared),
         time.perf_counter() - t0,
         variant,
+        **instruction_counts(ptx),
     )
 
 
@@ -175,13 +212,40 @@ def memory_ops(kernel: str, dtype: str, bd: int, cfg: KernelConfig, cc: int, var
     return {op: len(re.findall(re.escape(op) + r"\b", ptx)) for op in MEMORY_OPS}
 
 
+TENSOR_CORE_KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
+TENSOR_CORE_HEAD_DIMS = (64, 128)
+"""The head dims whose 16-bit aligned tiles are sized for tensor cores (every model's D)."""
+
+
+def problems(r: CompileResult) -> list[str]:
+    """What is wrong with one compilation: spills, too much shared memory, and for a 16-bit aligned
+    forward, dK/dV or dQ kernel, missing tensor-core instructions (sm_90: wgmma and no mma.sync;
+    sm_80: mma.sync) or missing cp.async pipelining (at least 2 stages), at D 64 and 128."""
+    name = f"{r.kernel} {r.dtype} D{r.block_d} sm_{r.cc} {r.variant}"
+    out = []
+    if r.spill_stores or r.spill_loads:
+        out.append(f"{name}: {r.spill_stores + r.spill_loads} B of register spills")
+    if r.shared_bytes > SHARED_LIMIT[r.cc]:
+        out.append(f"{name}: {r.shared_bytes} B of shared memory, over the chip's {SHARED_LIMIT[r.cc]}")
+    tensor = r.kernel in TENSOR_CORE_KERNELS and r.block_d in TENSOR_CORE_HEAD_DIMS
+    if tensor and r.variant == "aligned" and r.dtype != "float32":
+        if r.cc >= 90 and (r.wgmma == 0 or r.mma_sync > 0):
+            out.append(f"{name}: {r.wgmma} wgmma and {r.mma_sync} mma.sync (wgmma only expected)")
+        if r.cc < 90 and r.mma_sync == 0:
+            out.append(f"{name}: no mma.sync")
+        if r.cp_async == 0 or r.config["num_stages"] < 2:
+            out.append(f"{name}: loads not pipelined ({r.cp_async} cp.async, {r.config['num_stages']} stage(s))")
+    return out
+
+
 def _job(args):
     return compile_one(*args)
 
 
-def compile_all(targets=(80, 90), workers: int | None = None) -> list[CompileResult]:
-    """Compiles every shipped configuration for every target (in parallel processes)."""
-    jobs = [(k, dt, bd, cfg, cc, v) for k, dt, bd, cfg in shipped() for cc in targets for v in VARIANTS]
+def compile_all(targets=(80, 90), workers: int | None = None, ptx_dir: str | None = None) -> list[CompileResult]:
+    """Compiles every shipped configuration, each in its variant and for its target (sm_80 or sm_90),
+    in parallel processes."""
+    jobs = [(k, dt, bd, cfg, t, v, ptx_dir) for k, dt, bd, v, t, cfg in shipped() if t in targets]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_job, jobs))
@@ -191,8 +255,8 @@ def table(results: list[CompileResult]) -> str:
     """A Markdown table of the results."""
     lines = [
         "| kernel | dtype | BLOCK_D | target | variant | BLOCK_M x BLOCK_N | warps | stages | registers | spills "
-        "| shared KiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shared KiB | wgmma | mma.sync | cp.async |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.config
@@ -200,7 +264,8 @@ def table(results: list[CompileResult]) -> str:
         lines.append(
             f"| {r.kernel} | {r.dtype} | {r.block_d} | sm_{r.cc} | {r.variant} | {blocks} | {c['num_warps']} | "
             f"{c['num_stages']} | "
-            f"{r.registers} | {r.spill_stores + r.spill_loads} | {r.shared_bytes / 1024:.1f} |"
+            f"{r.registers} | {r.spill_stores + r.spill_loads} | {r.shared_bytes / 1024:.1f} | {r.wgmma} | "
+            f"{r.mma_sync} | {r.cp_async} |"
         )
     return "\n".join(lines)
 
@@ -211,10 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = argparse.ArgumentParser(description="Compile every shipped attention kernel for sm_80 and sm_90.")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument(
+        "--ptx-dir",
+        metavar="DIR",
+        help="write each compilation's PTX as DIR/<kernel>-<dtype>-d<BLOCK_D>-sm<cc>-<variant>.ptx "
+        "(kernel: fwd, bwd_preprocess, dkdv, dq)",
+    )
     args = parser.parse_args(argv)
-    results = compile_all()
+    results = compile_all(ptx_dir=args.ptx_dir)
     print(table(results))
-    bad = [r for r in results if not r.ok]
+    bad = [msg for r in results for msg in problems(r)]
     if args.json:
         from triton import __version__ as triton_version  # noqa: PLC0415 - optional heavy package
 
@@ -230,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if bad:
-        print(f"{len(bad)} configuration(s) spill or exceed shared memory", file=sys.stderr)
+        print("\n".join(bad), file=sys.stderr)
+        print(f"{len(bad)} problem(s) in the shipped configurations", file=sys.stderr)
     return 1 if bad else 0
 
 

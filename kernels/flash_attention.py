@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_cer.kernels.configs import INTERPRET_CONFIG, KernelConfig, block_d, gpu_config
+from jax_cer.kernels.configs import KernelConfig, block_d, gpu_config, interpret_config, target_of, variant_of
 from jax_cer.kernels.loader import require_mode
 from jax_cer.kernels.xla import xla_attention
 
@@ -201,16 +201,27 @@ def _backward(q, k, v, lens, o, lse, do, causal, scale, has_lens, backend):
 
 
 # -- the interpreter path ------------------------------------------------------------------
+def _interpret_configs(q, k, v, *kernels) -> list[KernelConfig]:
+    """The interpreter's configuration of each of ``kernels`` for these arrays (chosen when traced)."""
+    d = q.shape[-1]
+    strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
+    variant = _variant(d, strides)
+    dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
+    return [interpret_config(kernel, dtype, block_d(d), variant) for kernel in kernels]
+
+
 def _interpret_forward(q, k, v, lens, *, causal, scale, has_lens):
     b, sq, h, _ = q.shape
     out_types = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, sq), jnp.float32))
-    host = functools.partial(_host_forward, causal=causal, scale=scale, has_lens=has_lens)
+    (cfg,) = _interpret_configs(q, k, v, "fwd")
+    host = functools.partial(_host_forward, causal=causal, scale=scale, has_lens=has_lens, cfg=cfg)
     return jax.pure_callback(host, out_types, q, k, v, lens, vmap_method="sequential")
 
 
 def _interpret_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
-    host = functools.partial(_host_backward, causal=causal, scale=scale, has_lens=has_lens)
+    cfgs = _interpret_configs(q, k, v, "bwd_preprocess", "bwd_dkdv", "bwd_dq")
+    host = functools.partial(_host_backward, causal=causal, scale=scale, has_lens=has_lens, cfgs=cfgs)
     return jax.pure_callback(host, out_types, q, k, v, lens, o, lse, do, vmap_method="sequential")
 
 
@@ -241,7 +252,7 @@ def _strides(*tensors) -> list[int]:
     return [s for t in tensors for s in t.stride()]
 
 
-def _host_forward(q, k, v, lens, *, causal, scale, has_lens):
+def _host_forward(q, k, v, lens, *, causal, scale, has_lens, cfg):
     torch = _torch()
     km = require_mode(interpret=True)
     tq, tk, tv, tl = (_to_torch(x) for x in (q, k, v, lens))
@@ -249,7 +260,6 @@ def _host_forward(q, k, v, lens, *, causal, scale, has_lens):
     sk = k.shape[1]
     o = torch.full_like(tq, float("nan"))  # poisoned: an element the kernel does not write shows
     lse = torch.full((b, h, sq), float("nan"), dtype=torch.float32)
-    cfg = INTERPRET_CONFIG
     strides = _strides(tq, tk, tv)
     km._attn_fwd_kernel[(math.ceil(sq / cfg.block_m), b * h)](
         tq, tk, tv, tl, *strides, h, sq, sk, d, scale * LOG2E, o, lse,
@@ -258,25 +268,28 @@ def _host_forward(q, k, v, lens, *, causal, scale, has_lens):
     return _to_numpy(o, q.dtype), lse.numpy()
 
 
-def _host_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
+def _host_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens, cfgs):
     torch = _torch()
     km = require_mode(interpret=True)
     tq, tk, tv, tl, to, tlse, tdo = (_to_torch(x) for x in (q, k, v, lens, o, lse, do))
     b, sq, h, d = q.shape
     sk = k.shape[1]
-    cfg = INTERPRET_CONFIG
+    pre, kv_cfg, q_cfg = cfgs
     delta = torch.full((b, h, sq), float("nan"), dtype=torch.float32)
-    km._attn_bwd_preprocess_kernel[(math.ceil(sq / cfg.block_m), b * h)](
-        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=cfg.block_m, BLOCK_D=block_d(d), **launch_hints(d, tq.stride())
+    km._attn_bwd_preprocess_kernel[(math.ceil(sq / pre.block_m), b * h)](
+        to, tdo, *tq.stride(), h, sq, d, delta, BLOCK_M=pre.block_m, BLOCK_D=block_d(d), **launch_hints(d, tq.stride())
     )
     dq, dk, dv = (torch.full_like(t, float("nan")) for t in (tq, tk, tv))
     strides = _strides(tq, tk, tv)
-    flags = _flags(causal, has_lens, cfg, d, q.dtype, strides, interpret=True)
     common = (*strides, h, sq, sk, d, scale * LOG2E, scale)
-    km._attn_bwd_dkdv_kernel[(math.ceil(sk / cfg.block_n), b * h)](
-        tq, tk, tv, tdo, tlse, delta, tl, *common, dk, dv, **flags
-    )
-    km._attn_bwd_dq_kernel[(math.ceil(sq / cfg.block_m), b * h)](tq, tk, tv, tdo, tlse, delta, tl, *common, dq, **flags)
+    km._attn_bwd_dkdv_kernel[(math.ceil(sk / kv_cfg.block_n), b * h)](
+        tq, tk, tv, tdo, tlse, delta, tl, *common, dk, dv,
+        **_flags(causal, has_lens, kv_cfg, d, q.dtype, strides, interpret=True),
+    )  # fmt: skip
+    km._attn_bwd_dq_kernel[(math.ceil(sq / q_cfg.block_m), b * h)](
+        tq, tk, tv, tdo, tlse, delta, tl, *common, dq,
+        **_flags(causal, has_lens, q_cfg, d, q.dtype, strides, interpret=True),
+    )  # fmt: skip
     return tuple(_to_numpy(t, x.dtype) for t, x in ((dq, q), (dk, k), (dv, v)))
 
 
@@ -292,6 +305,22 @@ def alignment(strides: Sequence[int]) -> int:
 def launch_hints(d: int, strides: Sequence[int]) -> dict:
     """The kernels' layout hints: ``EVEN_D`` (the head dim fills its tile) and ``ALIGN`` (:func:`alignment`)."""
     return {"EVEN_D": d == block_d(d), "ALIGN": alignment(strides)}
+
+
+def _variant(d: int, strides: Sequence[int]) -> str:
+    """The configuration variant of a launch on arrays with these strides (:func:`configs.variant_of`)."""
+    hints = launch_hints(d, strides)
+    return variant_of(hints["EVEN_D"], hints["ALIGN"])
+
+
+def _target() -> int:
+    """The configuration table of the GPU the kernels launch on (:func:`configs.target_of`): its
+    compute capability, as jaxlib's CUDA devices report it (``"9.0"``); Hopper's when unknown."""
+    cc = getattr(jax.local_devices()[0], "compute_capability", None)
+    try:
+        return target_of(cc)
+    except (TypeError, ValueError):
+        return 90
 
 
 def _flags(
@@ -333,8 +362,8 @@ def _triton_forward(q, k, v, lens, *, causal, scale, has_lens):
     b, sq, h, d = q.shape
     sk = k.shape[1]
     dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
-    cfg = gpu_config("fwd", dtype, block_d(d))
     strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
+    cfg = gpu_config("fwd", dtype, block_d(d), _variant(d, strides), _target())
     return jt.triton_call(
         q, k, v, lens, *strides, h, sq, sk, d, scale * LOG2E,
         kernel=km._attn_fwd_kernel,
@@ -353,7 +382,9 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
     sk = k.shape[1]
     dtype = KERNEL_DTYPES[jnp.dtype(q.dtype)]
     bd = block_d(d)
-    pre = gpu_config("bwd_preprocess", dtype, bd)
+    strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
+    variant, target = _variant(d, strides), _target()
+    pre = gpu_config("bwd_preprocess", dtype, bd, variant, target)
     o_strides = contiguous_strides(o.shape)
     (delta,) = jt.triton_call(
         o, do, *o_strides, h, sq, d,
@@ -366,9 +397,8 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         BLOCK_D=bd,
         **launch_hints(d, o_strides),
     )  # fmt: skip
-    strides = [s for x in (q, k, v) for s in contiguous_strides(x.shape)]
     common = (*strides, h, sq, sk, d, scale * LOG2E, scale)
-    kv_cfg = gpu_config("bwd_dkdv", dtype, bd)
+    kv_cfg = gpu_config("bwd_dkdv", dtype, bd, variant, target)
     dk, dv = jt.triton_call(
         q, k, v, do, lse, delta, lens, *common,
         kernel=km._attn_bwd_dkdv_kernel,
@@ -378,7 +408,7 @@ def _triton_backward(q, k, v, lens, o, lse, do, *, causal, scale, has_lens):
         num_stages=kv_cfg.num_stages,
         **_flags(causal, has_lens, kv_cfg, d, q.dtype, strides, interpret=False),
     )  # fmt: skip
-    q_cfg = gpu_config("bwd_dq", dtype, bd)
+    q_cfg = gpu_config("bwd_dq", dtype, bd, variant, target)
     (dq,) = jt.triton_call(
         q, k, v, do, lse, delta, lens, *common,
         kernel=km._attn_bwd_dq_kernel,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_cer.kernels import flash_attention
-from jax_cer.kernels.aot import compile_one
+from jax_cer.kernels.aot import compile_one, problems
 from jax_cer.kernels.configs import KernelConfig, block_d, gpu_config, override
 from jax_cer.machine import machine_record
 
@@ -46,8 +46,10 @@ def candidates(kernel: str, shipped) -> list:
     """The configurations tried for ``kernel`` (the shipped one first)."""
     if kernel == "fwd":
         grid = itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4))
-    else:
-        grid = itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 2, 3))
+    elif kernel == "bwd_dkdv":  # BLOCK_M queries per step, BLOCK_N keys per program
+        grid = itertools.product((16, 32, 64), (64, 128), (4, 8), (2, 3, 4, 5))
+    else:  # bwd_dq: BLOCK_M queries per program, BLOCK_N keys per step
+        grid = itertools.product((64, 128), (16, 32, 64), (4, 8), (2, 3, 4, 5))
     out = [shipped]
     out += [c for c in (KernelConfig(*g) for g in grid) if c != shipped]
     return out
@@ -69,13 +71,18 @@ def prefilter(kernel: str, dtype: str, bd: int, configs: list, workers: int) -> 
         results = list(pool.map(_compile, jobs))
     rows = []
     for cfg, (res, err) in zip(configs, results, strict=True):
-        row = {"config": dataclasses.asdict(cfg), "viable": bool(res is not None and res.ok)}
+        row = {"config": dataclasses.asdict(cfg), "viable": bool(res is not None and not problems(res))}
         if res is not None:
             row["resources"] = {
                 "registers": res.registers,
                 "spills": res.spill_stores + res.spill_loads,
                 "shared_kib": round(res.shared_bytes / 1024, 1),
+                "wgmma": res.wgmma,
+                "mma_sync": res.mma_sync,
+                "cp_async": res.cp_async,
             }
+            if problems(res):
+                row["problems"] = problems(res)
         else:
             row["error"] = err
         rows.append(row)

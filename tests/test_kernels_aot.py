@@ -20,9 +20,10 @@ pytest.importorskip("triton")
 
 def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -> None:
     out = tmp_path / "aot.json"
+    ptx_dir = tmp_path / "ptx"
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "jax_cer.kernels.aot", "--json", str(out)],
+        [sys.executable, "-m", "jax_cer.kernels.aot", "--json", str(out), "--ptx-dir", str(ptx_dir)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -33,18 +34,47 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path, capsys) -
         print("\n" + proc.stdout)
     assert out.is_file(), f"jax_cer.kernels.aot failed:\n{proc.stderr[-3000:]}"
     data = json.loads(out.read_text())
-    assert len(data["results"]) == 4 * len(shipped())  # sm_80 and sm_90, aligned and unaligned
-    assert {r["cc"] for r in data["results"]} == {80, 90}
-    assert {r["variant"] for r in data["results"]} == {"aligned", "unaligned"}
+    results = data["results"]
+    assert len(results) == len(shipped())  # each configuration for its variant and target
+    assert {r["cc"] for r in results} == {80, 90}
+    assert {r["variant"] for r in results} == {"aligned", "unaligned"}
     bad = [
-        f"{r['kernel']} {r['dtype']} D{r['block_d']} sm_{r['cc']}: {r['spill_stores'] + r['spill_loads']} B spilled, "
+        f"{r['kernel']} {r['dtype']} D{r['block_d']} sm_{r['cc']} {r['variant']}: "
+        f"{r['spill_stores'] + r['spill_loads']} B spilled, "
         f"{r['shared_bytes']} B shared (limit {data['shared_limit'][str(r['cc'])]})"
-        for r in data["results"]
+        for r in results
         if r["spill_stores"] or r["spill_loads"] or r["shared_bytes"] > data["shared_limit"][str(r["cc"])]
     ]
     assert not bad, "\n".join(bad)
-    assert all(0 < r["registers"] <= 255 for r in data["results"])
+    assert all(0 < r["registers"] <= 255 for r in results)
+
+    # Tensor cores: every 16-bit aligned forward, dK/dV and dQ kernel at D 64 and 128 is wgmma only on
+    # sm_90 and mma.sync on sm_80, with its loads pipelined by cp.async over >= 2 stages.
+    tensor = [
+        r
+        for r in results
+        if r["variant"] == "aligned"
+        and r["dtype"] in ("float16", "bfloat16")
+        and r["block_d"] in (64, 128)
+        and r["kernel"] in ("fwd", "bwd_dkdv", "bwd_dq")
+    ]
+    assert len(tensor) == 2 * 2 * 3 * 2
+    for r in tensor:
+        name = f"{r['kernel']} {r['dtype']} D{r['block_d']} sm_{r['cc']}"
+        if r["cc"] == 90:
+            assert r["wgmma"] > 0 and r["mma_sync"] == 0, f"{name}: {r['wgmma']} wgmma, {r['mma_sync']} mma.sync"
+        else:
+            assert r["mma_sync"] > 0 and r["wgmma"] == 0, f"{name}: {r['mma_sync']} mma.sync"
+        assert r["cp_async"] > 0 and r["config"]["num_stages"] >= 2, f"{name}: loads not pipelined"
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+    # --ptx-dir: one file per compilation, named <kernel>-<dtype>-d<BLOCK_D>-sm<cc>-<variant>.ptx
+    names = {p.name for p in ptx_dir.glob("*.ptx")}
+    assert len(names) == len(results)
+    assert {n.split("-")[0] for n in names} == {"fwd", "bwd_preprocess", "dkdv", "dq"}
+    dkdv = (ptx_dir / "dkdv-bfloat16-d128-sm90-aligned.ptx").read_text()
+    assert "wgmma.mma_async" in dkdv and "cp.async" in dkdv and "mma.sync" not in dkdv
+    assert "mma.sync" in (ptx_dir / "dq-float16-d64-sm80-aligned.ptx").read_text()
 
 
 def test_aligned_head_dims_vectorize_and_pipeline() -> None:
@@ -54,7 +84,7 @@ def test_aligned_head_dims_vectorize_and_pipeline() -> None:
         "from jax_cer.kernels.aot import memory_ops\n"
         "from jax_cer.kernels.configs import gpu_config\n"
         "import json\n"
-        "cfg = gpu_config('fwd', 'bfloat16', 128)\n"
+        "cfg = gpu_config('fwd', 'bfloat16', 128, 'aligned', 90)\n"
         "print(json.dumps({v: memory_ops('fwd', 'bfloat16', 128, cfg, 90, v) for v in ('aligned', 'unaligned')}))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}

@@ -19,7 +19,7 @@ from typing import Any
 from jax_cer.bench import ncu
 from jax_cer.bench.load import KINDS, Machines, ResultFile, newest_record
 from jax_cer.bench.runs import Group, median_ms, newest_groups, percentiles_ms, quick_footnote
-from jax_cer.kernels.aot import CompileResult, table
+from jax_cer.kernels.aot import TENSOR_CORE_HEAD_DIMS, TENSOR_CORE_KERNELS, CompileResult, problems, table
 
 PUBLISHED_MELD_TEXT = (0.55, 0.63)
 """Published text-only weighted F1 on MELD (larger encoders that also see the dialogue context)."""
@@ -602,7 +602,32 @@ def aot_section(files: Sequence[ResultFile]) -> list[str]:
         + " and ".join(meaning.get(v, f"`{v}`") for v in variants)
         + ".",
         "",
+        *_tensor_core_lines(results),
         table(results),
+        "",
+    ]
+
+
+def _tensor_core_lines(results: Sequence[CompileResult]) -> list[str]:
+    """Whether the 16-bit aligned kernels at the models' head dims compile to tensor-core
+    instructions with pipelined loads (:func:`jax_cer.kernels.aot.problems`)."""
+    tensor = [
+        r
+        for r in results
+        if r.variant == "aligned"
+        and r.dtype != "float32"
+        and r.kernel in TENSOR_CORE_KERNELS
+        and r.block_d in TENSOR_CORE_HEAD_DIMS
+    ]
+    if not tensor or not any(r.wgmma or r.mma_sync for r in results):
+        return []  # a table written before the instruction counts were recorded
+    good = [r for r in tensor if not problems(r)]
+    dims = " and ".join(str(d) for d in TENSOR_CORE_HEAD_DIMS)
+    return [
+        f"Tensor cores: {len(good)} of the {len(tensor)} 16-bit aligned forward, dK/dV and dQ compilations at "
+        f"D {dims} use `wgmma` only on sm_90 and `mma.sync` on sm_80, with their loads pipelined by "
+        "`cp.async` over at least 2 stages (the last three columns count those instructions in the PTX; "
+        "`python -m jax_cer.kernels.aot --ptx-dir DIR` writes it).",
         "",
     ]
 

@@ -265,7 +265,8 @@ def _attn_bwd_dkdv_kernel(
 
     dO shares q's strides; dK / dV share k's / v's. A key's P column only reaches its own rows of
     dK and dV, so keys past ``kv_len`` (loaded as zeros) are handled by zeroing those rows at the
-    end; the loop over queries masks only the causal diagonal and the last partial query tile.
+    end; the loop over queries masks only the causal diagonal and the last partial query tile, and
+    a block whose keys are all past ``kv_len`` skips it.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -278,7 +279,8 @@ def _attn_bwd_dkdv_kernel(
     stride_qb, stride_qs, stride_qh = _aligned(stride_qb, ALIGN), _aligned(stride_qs, ALIGN), _aligned(stride_qh, ALIGN)
     stride_kb, stride_ks, stride_kh = _aligned(stride_kb, ALIGN), _aligned(stride_ks, ALIGN), _aligned(stride_kh, ALIGN)
     stride_vb, stride_vs, stride_vh = _aligned(stride_vb, ALIGN), _aligned(stride_vs, ALIGN), _aligned(stride_vh, ALIGN)
-    key_ok = offs_n < _kv_length(LENS, b, SK, HAS_LENS)
+    kv_len = _kv_length(LENS, b, SK, HAS_LENS)
+    key_ok = offs_n < kv_len
     k_off = b * stride_kb + h * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd
     v_off = b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd
     k = tl.load(K + k_off, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
@@ -298,6 +300,10 @@ def _attn_bwd_dkdv_kernel(
         mid = tl.maximum(pid_n * BLOCK_N + BLOCK_N - 1 - (SK - SQ), lo)  # sees the block's last key
         mid = tl.minimum((mid + BLOCK_M - 1) // BLOCK_M * BLOCK_M, (SQ + BLOCK_M - 1) // BLOCK_M * BLOCK_M)
     full = tl.maximum((SQ // BLOCK_M) * BLOCK_M, mid)
+    end = SQ
+    if HAS_LENS:  # a block of keys all past kv_len: no query sees them, their dK and dV are zero
+        end = tl.where(pid_n * BLOCK_N < kv_len, SQ, 0)
+        lo, mid, full = tl.minimum(lo, end), tl.minimum(mid, end), tl.minimum(full, end)
     for start_m in range(lo, mid, BLOCK_M):
         dk, dv = _dkdv_tile(
             dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
@@ -308,7 +314,7 @@ def _attn_bwd_dkdv_kernel(
             dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
             stride_qs, stride_qd, SQ, SK, scale_log2, IS_CAUSAL, False, EVEN_D, IEEE, UPCAST,
         )  # fmt: skip
-    for start_m in range(full, SQ, BLOCK_M):
+    for start_m in range(full, end, BLOCK_M):
         dk, dv = _dkdv_tile(
             dk, dv, k, v, q_base, do_base, LSE, DELTA, pid_bh, start_m, offs_m0, offs_n, offs_d, d_ok,
             stride_qs, stride_qd, SQ, SK, scale_log2, IS_CAUSAL, True, EVEN_D, IEEE, UPCAST,

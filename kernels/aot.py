@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jax_cer.kernels.configs import KernelConfig, shipped
+from jax_cer.kernels.configs import DTYPES, KernelConfig, shipped
 from jax_cer.kernels.loader import require_mode
 
 TARGETS = {80: "sm_80 (A100)", 90: "sm_90 (H100/H200)"}
@@ -242,10 +242,12 @@ def _job(args):
     return compile_one(*args)
 
 
-def compile_all(targets=(80, 90), workers: int | None = None, ptx_dir: str | None = None) -> list[CompileResult]:
-    """Compiles every shipped configuration, each in its variant and for its target (sm_80 or sm_90),
-    in parallel processes."""
-    jobs = [(k, dt, bd, cfg, t, v, ptx_dir) for k, dt, bd, v, t, cfg in shipped() if t in targets]
+def compile_all(
+    targets=(80, 90), workers: int | None = None, ptx_dir: str | None = None, dtypes=DTYPES
+) -> list[CompileResult]:
+    """Compiles every shipped configuration of ``dtypes``, each in its variant and for its target
+    (sm_80 or sm_90), in parallel processes."""
+    jobs = [(k, dt, bd, cfg, t, v, ptx_dir) for k, dt, bd, v, t, cfg in shipped() if t in targets and dt in dtypes]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_job, jobs))
@@ -274,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("jax_cer.kernels.aot compiles for GPU targets: run it with TRITON_INTERPRET=0", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(description="Compile every shipped attention kernel for sm_80 and sm_90.")
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_cer.kernels.aot",
+        description="Compile every shipped attention kernel for sm_80 and sm_90 (no GPU needed).",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument(
         "--ptx-dir",
@@ -282,8 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         help="write each compilation's PTX as DIR/<kernel>-<dtype>-d<BLOCK_D>-sm<cc>-<variant>.ptx "
         "(kernel: fwd, bwd_preprocess, dkdv, dq)",
     )
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help=f"comma-separated subset of {','.join(DTYPES)} (default: all; float16 shares bfloat16's tiles)",
+    )
     args = parser.parse_args(argv)
-    results = compile_all(ptx_dir=args.ptx_dir)
+    dtypes = tuple(args.dtypes.split(","))
+    if unknown := sorted(set(dtypes) - set(DTYPES)):
+        parser.error(f"unknown dtype(s) {', '.join(unknown)}: choose from {', '.join(DTYPES)}")
+    results = compile_all(ptx_dir=args.ptx_dir, dtypes=dtypes)
     print(table(results))
     bad = [msg for r in results for msg in problems(r)]
     if args.json:

@@ -377,10 +377,10 @@ def test_xla_hidden_nonfinite_under_jit_vmap_jvp_and_dropout() -> None:
 _EMPTY = {"xla_attention": xla_attention, "flash_attention": functools.partial(flash_attention, backend="xla")}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("hide", ["none", "lengths", "causal", "mask"])
 @pytest.mark.parametrize("fn", ["xla_attention", "flash_attention", "dot_product_attention"])
-@pytest.mark.parametrize(("sq", "sk"), [(5, 0), (0, 7), (0, 0)])
+@pytest.mark.parametrize(("sq", "sk"), [(5, 0), (0, 7), pytest.param(0, 0, marks=pytest.mark.slow)])
 def test_xla_no_keys_or_no_queries_give_zeros_and_zero_gradients(sq, sk, fn: str, hide: str, dtype) -> None:
     """Sk = 0: zeros of shape [B, Sq, H, D] in q's dtype, zero gradients (dK, dV of shape
     [B, 0, H, D]); Sq = 0: an empty output. Through every entry point and masking mode."""

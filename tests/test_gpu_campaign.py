@@ -53,7 +53,10 @@ def test_plan_covers_every_component_within_the_budget() -> None:
     assert "$ python -m jax_cer.cli bench -k test_bench_so --out '$OUT/<machine>'" in proc.stdout
 
 
-@pytest.mark.parametrize(("part", "budget"), [("parity", BUDGET_S), ("essentials", ESSENTIALS_BUDGET_S)])
+@pytest.mark.parametrize(
+    ("part", "budget"),
+    [pytest.param("parity", BUDGET_S, marks=pytest.mark.slow), ("essentials", ESSENTIALS_BUDGET_S)],
+)
 def test_run_refuses_a_machine_without_a_gpu(tmp_path, part: str, budget: int) -> None:
     proc = _run("repro.gpu_campaign", "run", part, "--out", str(tmp_path))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -119,15 +119,17 @@ _TENSOR_CORE_16: dict[tuple[str, int, int], tuple[int, int, int, int]] = {
 }
 
 TARGETS = (80, 90)
-"""GPU generations with their own tables: 80 (Ampere and Ada, sm_80-sm_89: mma.sync) and 90
-(Hopper and later: wgmma)."""
+"""GPU generations with their own tables: 90 (Hopper, sm_90: wgmma, 227 KiB of shared memory per
+block; also data-centre Blackwell, sm_100-sm_103, with as much) and 80 (Ampere and Ada, sm_80-sm_89:
+mma.sync; also consumer Blackwell, sm_120, whose blocks get about 99 KiB, less than the Hopper
+tiles need)."""
 
 
 def target_of(compute_capability: int | float | str) -> int:
     """The table a device of this compute capability (``90``, ``"9.0"``, ``8.6``) uses."""
     cc = float(compute_capability)
-    cc = cc * 10 if cc < 20 else cc
-    return 90 if cc >= 90 else 80
+    cc = round(cc * 10) if cc < 20 else cc
+    return 90 if 90 <= cc < 110 else 80
 
 
 def _table(kernel: str, dtype: str, bd: int, variant: str, target: int) -> tuple[int, int, int, int]:

@@ -35,6 +35,7 @@ from jax_cer.kernels.configs import (
     gpu_config,
     interpret_config,
     override,
+    target_of,
 )
 from jax_cer.parity.attention import attention64, low_precision_attention
 from jax_cer.parity.tolerances import TOLERANCES, flash_rule_bound
@@ -101,6 +102,13 @@ def _inputs(b, sq, sk, h, d, dtype, seed):
 def _run(fn, q, k, v, do):
     out, vjp = jax.vjp(fn, q, k, v)
     return (out, *vjp(do))
+
+
+def test_target_of_compute_capability() -> None:
+    """Hopper and data-centre Blackwell take the sm_90 table; Ampere, Ada and consumer Blackwell
+    (about 99 KiB of shared memory per block) the sm_80 one."""
+    assert [target_of(cc) for cc in ("9.0", 9.0, 90, "10.0", 100)] == [90] * 5
+    assert [target_of(cc) for cc in ("8.0", "8.6", 8.9, 80, "12.0", 120)] == [80] * 6
 
 
 def test_override_reaches_the_interpreter() -> None:

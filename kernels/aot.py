@@ -44,7 +44,8 @@ _STRIDES = [f"stride_{t}{a}" for t in "qkv" for a in "bshd"]
 _FLAGS = ("IS_CAUSAL", "HAS_LENS", "BLOCK_M", "BLOCK_N", "BLOCK_D", "IEEE", "UPCAST")
 
 
-VARIANTS = {"aligned": {"EVEN_D": True, "ALIGN": 16}, "unaligned": {"EVEN_D": False, "ALIGN": 1}}
+VARIANT_HINTS = {"aligned": {"EVEN_D": True, "ALIGN": 16}, "unaligned": {"EVEN_D": False, "ALIGN": 1}}
+"""The layout hints each variant (:data:`jax_cer.kernels.configs.VARIANTS`) is compiled with."""
 
 
 @dataclasses.dataclass
@@ -78,7 +79,7 @@ def signature(
     """(kernel function name, Triton signature, constexprs) of one configuration. The head dim's
     strides are the constant 1, as jax-triton specializes them for contiguous arrays."""
     t = "*" + _TRITON_DTYPE[dtype]
-    hints = VARIANTS[variant]
+    hints = VARIANT_HINTS[variant]
     flags = {
         "IS_CAUSAL": True,
         "HAS_LENS": True,

@@ -192,6 +192,11 @@ def bah_average_precision(prob_positive, labels) -> float:
         raise ValueError(f"prob_positive must be 1-D like labels {y.shape}, got shape {p.shape}")
     if p.dtype.kind != "f" or not np.all(np.isfinite(p)):
         raise ValueError("prob_positive must be finite floating-point probabilities")
+    if p.size and (p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError(
+            f"prob_positive must be probabilities in [0, 1], got values from {p.min():.4g} to {p.max():.4g} "
+            "(logits? apply a softmax or sigmoid first)"
+        )
     n_pos = int(y.sum())
     if n_pos == 0:
         raise ValueError("labels hold no positive frame: BAH's AP (recall = TP / n_pos) is undefined")

@@ -161,6 +161,9 @@ def test_bah_ap_edge_cases() -> None:
         metrics.bah_average_precision(np.array([0.2]), np.array([0, 1]))
     with pytest.raises(ValueError, match="finite"):
         metrics.bah_average_precision(np.array([np.nan, 0.5]), np.array([0, 1]))
+    # logits passed by mistake: named, not a silent 0.0
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\], got values from -2.5 to 3.1 \(logits\?"):
+        metrics.bah_average_precision(np.array([-2.5, 3.1]), np.array([0, 1]))
 
 
 def test_bah_avgf1_needs_both_classes() -> None:

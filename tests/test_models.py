@@ -94,6 +94,13 @@ def test_sliding_window_needs_batch_one(models) -> None:
         sliding_window_logits(models["lfan"], _inputs(2, 30))
 
 
+@pytest.mark.parametrize("hop", [25, 0, -3, 1.5, True])
+def test_sliding_window_hop_within_the_window(models, hop) -> None:
+    """A hop past the window (24 here) would leave frames between windows without logits (NaN)."""
+    with pytest.raises(ValueError, match=f"hop must be an integer from 1 to the window length 24, got {hop!r}"):
+        sliding_window_logits(models["lfan"], _inputs(1, 60), hop)
+
+
 @pytest.mark.parametrize("name", ["mt", "jmt"])
 def test_fixed_mt_jmt_keep_samples_apart(models, name: str) -> None:
     """faithful=False: a batch of two clips gives exactly the two batch-1 results."""

@@ -117,6 +117,8 @@ def test_configuration_errors_are_clear(tmp_path) -> None:
         TrainConfig(model="mt", modalities=("vggish", "bert"))
     with pytest.raises(ValueError, match="has 2 classes"):
         TrainConfig(dataset="bah", num_classes=7)
+    with pytest.raises(ValueError, match="hop=300 is larger than window=200: LFAN's evaluation"):
+        TrainConfig(model="lfan", window=200, hop=300)
     (tmp_path / "config.json").write_text(json.dumps({"model": "jmt"}))
     with pytest.raises(ValueError, match="holds a different configuration"):
         train(CFG, tmp_path, progress=False)

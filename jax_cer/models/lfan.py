@@ -14,6 +14,7 @@ clip of any length as the original did (windows, overlap averaging, padding).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import jax
@@ -126,6 +127,11 @@ def sliding_window_logits(
     n = next(iter(inputs.values())).shape[1]
     if any(x.shape[0] != 1 for x in inputs.values()):
         raise ValueError("sliding_window_logits evaluates one clip: every input must have batch size 1")
+    if isinstance(hop, bool) or not isinstance(hop, numbers.Integral) or not 1 <= hop <= w:
+        raise ValueError(
+            f"hop must be an integer from 1 to the window length {w}, got {hop!r} (a larger hop would leave "
+            "the frames between windows without logits)"
+        )
     if n < w:
         return run({m: pad_to_length(x, w, axis=1) for m, x in inputs.items()})
     k = model.config.num_classes

@@ -112,6 +112,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.devices < 0:
             raise ValueError(f"devices must be >= 0 (0: every local device), got {self.devices}")
+        if self.model == "lfan" and self.hop > self.window:
+            raise ValueError(
+                f"hop={self.hop} is larger than window={self.window}: LFAN's evaluation slides windows by the hop, "
+                "and the frames between them would get no logits"
+            )
         known = ("video", "vggish", "bert")
         if (
             not self.modalities

@@ -48,6 +48,8 @@ def _labels(x, name: str) -> np.ndarray:
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise ValueError(f"{name} must hold integer class ids, got non-integer values")
+        if np.any(np.abs(a) >= 2**31):
+            raise ValueError(f"{name} holds {a[np.argmax(np.abs(a))]:.4g}, too large for a class id")
         a = a.astype(np.int64)
     elif a.dtype.kind not in "iub":
         raise ValueError(f"{name} must hold integer class ids, got dtype {a.dtype}")

@@ -91,7 +91,8 @@ def test_ignore_other_class_by_dropping_frames_and_column() -> None:
 @pytest.mark.parametrize(
     ("labels", "preds", "message"),
     [([0, 1], [0], "differ in length: 2 vs 1"), ([], [], "empty"), ([[0, 1]], [[0, 1]], "1-D"),
-     ([0, -1], [0, 0], "negative"), ([0.5, 1], [0, 1], "integer class ids"), (["a"], ["a"], "dtype")],
+     ([0, -1], [0, 0], "negative"), ([0.5, 1], [0, 1], "integer class ids"), (["a"], ["a"], "dtype"),
+     ([0.0, 1e20], [0, 1], "labels holds 1e\\+20, too large for a class id")],
 )  # fmt: skip
 def test_bad_labels_are_named(labels, preds, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -237,6 +237,12 @@ def test_leaves_with_k_zero_are_frozen_with_a_warning(caplog) -> None:
     assert not np.any(updates["tiny"]) and np.any(updates["big"])
 
 
+@pytest.mark.parametrize("refresh_every", [0, 1.5, True, "2", None])
+def test_refresh_every_must_be_a_positive_integer(refresh_every) -> None:
+    with pytest.raises(ValueError, match=r"refresh_every must be an integer >= 1, got " + repr(refresh_every)):
+        so(0.1, density=0.1, refresh_every=refresh_every)
+
+
 def test_low_rank_leaves_are_dense_and_high_rank_leaves_sparse() -> None:
     params = {"bias": jnp.ones((5,)), "scale": jnp.ones(()), "conv": jnp.ones((3, 3, 4, 8))}
     with pytest.raises(ValueError, match=r"\['conv'\] has shape \(3, 3, 4, 8\).*allow_nd=True"):

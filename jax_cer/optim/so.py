@@ -259,8 +259,15 @@ def scale_by_so(
     with an int32[k] array of distinct row-major flat indices (or None) per sparse leaf; it is
     read only on refresh steps (t = 1 + jT) and ignored otherwise.
     """
-    if refresh_every is None or (not isinstance(refresh_every, jax.Array) and int(refresh_every) < 1):
-        raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+    if refresh_every is None or (
+        not isinstance(refresh_every, jax.Array)
+        and (
+            isinstance(refresh_every, bool)
+            or not isinstance(refresh_every, (int, np.integer))
+            or int(refresh_every) < 1
+        )
+    ):
+        raise ValueError(f"refresh_every must be an integer >= 1, got {refresh_every!r}")
 
     def init_fn(params):
         try:

@@ -102,6 +102,8 @@ def test_every_problem_is_named_at_once() -> None:
     sd["fc2.bias"] = np.zeros(7, np.int32)
     sd["bn1.num_batches_tracked"] = np.array(1.5)
     sd["fuse.weights.bias"] = np.full(384, np.nan, np.float32)
+    sd["fc2.weight"] = sd["fc2.weight"].astype(np.float64)
+    sd["fc2.weight"][0, 0] = 1e39  # finite in float64, inf once cast to the model's float32
     sd["temporal.video.network.0.net.0.bias"] = sd["temporal.video.network.0.conv1.bias"] + 1
     with pytest.raises(StateDictError) as err:
         from_original_state_dict("can", sd)
@@ -113,6 +115,7 @@ def test_every_problem_is_named_at_once() -> None:
         "fc2.bias: dtype int32, expected floating point",
         "bn1.num_batches_tracked: dtype float64, expected an integer counter",
         "fuse.weights.bias: holds 384 NaN/inf values",
+        "fc2.weight: holds values up to 1e+39, beyond float32's range (3.4e+38): they would become inf",
         "temporal.video.network.0.net.0.bias: differs from its duplicate temporal.video.network.0.conv1.bias",
     ):
         assert needle in msg, f"{needle!r} not in:\n{msg}"

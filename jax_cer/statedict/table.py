@@ -137,6 +137,16 @@ def check_state_dict(
         elif not np.all(np.isfinite(arr)):
             problems.append(f"{key}: holds {int(np.sum(~np.isfinite(arr)))} NaN/inf values")
         elif (
+            e.torch_dtype == "float32"
+            and arr.dtype.itemsize > 4
+            and arr.size
+            and float(np.max(np.abs(arr))) > float(np.finfo(np.float32).max)
+        ):
+            problems.append(
+                f"{key}: holds values up to {float(np.max(np.abs(arr))):.3g}, beyond float32's range "
+                f"({float(np.finfo(np.float32).max):.3g}): they would become inf"
+            )
+        elif (
             e.alias_of is not None
             and e.alias_of in state_dict
             and not np.array_equal(arr, np.asarray(state_dict[e.alias_of]))

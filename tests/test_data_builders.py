@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -602,6 +603,125 @@ def test_bad_meld_tables(tmp_path: Path) -> None:
     path.write_text(header + good)
     with pytest.raises(MissingFileError, match=r"MELD table not found: .*dev_sent_emo\.csv"):
         read_meld_tables(tmp_path)
+
+
+MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+MELD_ROW = '1,"Hi, you.",Joey,joy,positive,0,0,1,1,"00:00:01,000","00:00:02,000"\n'
+MELD_ROW2 = '2,What?,Monica,surprise,negative,0,1,4,7,"00:21:01,927","00:21:03,261"\n'
+BAD_MELD_TABLES: dict[str, tuple[bytes, str]] = {
+    "row with missing fields": (
+        (MELD_HEADER + MELD_ROW + "2,What?,Monica,surprise,negative,0,1\n").encode(),
+        r"dev_sent_emo\.csv:3: row 2 has 7 fields, expected 11 \(missing Season, Episode, StartTime, EndTime\)$",
+    ),
+    "row with an extra field": (
+        (MELD_HEADER + MELD_ROW.replace('"Hi, you."', "Hi, you.")).encode(),
+        r"dev_sent_emo\.csv:2: row 1 has 12 fields, expected 11 \(1 more than the header: an unquoted comma\?\)$",
+    ),
+    "unclosed quote": (
+        (
+            MELD_HEADER + MELD_ROW2 + '3,"Oops,Joey,joy,positive,0,2,1,1,a,b\n4,Fine.,Joey,joy,positive,0,3,1,1,a,b\n'
+        ).encode(),
+        r"dev_sent_emo\.csv:3: row 2 has 2 fields, expected 11 \(missing Speaker, .*, EndTime: an unclosed quote\?\)$",
+    ),
+    "header only": (MELD_HEADER.encode(), r"dev_sent_emo\.csv: table holds no utterances: no rows after the header"),
+    "empty file": (b"", r"dev_sent_emo\.csv: empty file \(expected a header with the columns \['Sr No\.', "),
+    "neither UTF-8 nor cp1252": (
+        MELD_HEADER.encode() + MELD_ROW.replace("Hi", "H\x81i").encode("latin-1"),
+        r"dev_sent_emo\.csv:2: byte 0x81 is neither UTF-8 nor cp1252 text",
+    ),
+    "UTF-16": ((MELD_HEADER + MELD_ROW).encode("utf-16"), r"dev_sent_emo\.csv:1: NUL byte in the file: .*UTF-16"),
+    "missing column": (
+        (MELD_HEADER.replace("Speaker,", "") + MELD_ROW).encode(),
+        r"dev_sent_emo\.csv: missing columns \['Speaker'\] \(header: \['Sr No\.', 'Utterance', 'Emotion'",
+    ),
+    "repeated column": (
+        (MELD_HEADER.replace("Speaker,", "Speaker,Speaker,") + MELD_ROW).encode(),
+        r"dev_sent_emo\.csv:1: column\(s\) \['Speaker'\] appear more than once in the header",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MELD_TABLES))
+def test_bad_meld_table_through_builder(tmp_path: Path, case: str) -> None:
+    """A broken table fails the MeldText build with a LayoutError naming the file (and line and row)."""
+    manual = tmp_path / "meld"
+    manual.mkdir()
+    for split in ("train", "test"):
+        (manual / f"{split}_sent_emo.csv").write_text(MELD_HEADER + MELD_ROW, encoding="utf-8")
+    content, pattern = BAD_MELD_TABLES[case]
+    (manual / "dev_sent_emo.csv").write_bytes(content)
+    with pytest.raises(LayoutError, match=f"^{re.escape(str(manual))}/{pattern}"):
+        build(MeldText, tmp_path, manual)
+
+
+def test_meld_table_line_is_where_the_row_starts(tmp_path: Path) -> None:
+    """A row whose quoted utterance spans lines is reported at the line it starts on."""
+    path = tmp_path / "train_sent_emo.csv"
+    path.write_text(MELD_HEADER + MELD_ROW.replace("Hi, you.", "Hi,\nyou.") + MELD_ROW.replace(",joy,", ",bored,"))
+    with pytest.raises(LayoutError, match=r"train_sent_emo\.csv:4: unknown Emotion 'bored'"):
+        read_meld_csv(path)
+    path.write_text(MELD_HEADER + MELD_ROW.replace("Hi, you.", "Hi,\nyou.") + MELD_ROW2)
+    assert [r.line for r in read_meld_csv(path)] == [2, 4]
+
+
+def _manual_dir_case(tmp_path: Path, state: str) -> Path | None:
+    """A manual_dir that is missing, a file, an empty folder, or not given (TFDS's default, absent)."""
+    path = tmp_path / "manual"
+    if state == "file":
+        path.write_text("not a folder")
+    elif state == "empty":
+        path.mkdir()
+    return None if state == "not given" else path
+
+
+MANUAL_DIR_ERRORS: dict[str, tuple[type[Exception], str]] = {
+    "missing": (MissingFileError, r"^manual_dir {path} does not exist; it must be a folder holding {layout}$"),
+    "file": (LayoutError, r"^manual_dir {path} is a file, not a folder; it must be a folder holding {layout}$"),
+    "empty": (MissingFileError, r"^manual_dir {path} is an empty folder; it must hold {layout}$"),
+    "not given": (
+        MissingFileError,
+        r"^no manual_dir given, and the default .*/downloads/manual does not exist; pass manual_dir, a folder "
+        r"holding {layout}$",
+    ),
+}
+MANUAL_LAYOUTS = {
+    CExprDb: r"folds/C-EXPR-DB/split-0/ \(train\.txt, val\.txt, test\.txt, class_id\.yaml\) and "
+    r"C-EXPR-DB/features/compacted_48/<clip id>/",
+    MeldText: r"train_sent_emo\.csv, dev_sent_emo\.csv, test_sent_emo\.csv",
+}
+
+
+@pytest.mark.parametrize("builder_cls", list(MANUAL_LAYOUTS), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("state", list(MANUAL_DIR_ERRORS))
+def test_manual_dir_checked_before_tfds(tmp_path: Path, builder_cls: type, state: str) -> None:
+    """A missing, empty or non-folder manual_dir is named with what it must hold (not TFDS's AssertionError)."""
+    manual = _manual_dir_case(tmp_path, state)
+    exc, pattern = MANUAL_DIR_ERRORS[state]
+    with pytest.raises(
+        exc, match=pattern.format(path=re.escape(str(tmp_path / "manual")), layout=MANUAL_LAYOUTS[builder_cls])
+    ):
+        build(builder_cls, tmp_path, manual)
+
+
+def test_manual_dir_without_the_layout(tmp_path: Path) -> None:
+    """A manual_dir one level off (the fold folder or the MELD tables elsewhere) lists what it does hold."""
+    manual = tmp_path / "manual"
+    where = re.escape(str(manual))
+    (manual / "annotation").mkdir(parents=True)
+    (manual / "folds" / "split-0").mkdir(parents=True)
+    with pytest.raises(
+        MissingFileError,
+        match=rf"^fold folder not found: {where}/folds/C-EXPR-DB/split-0 \(manual_dir {where} must hold "
+        rf"{MANUAL_LAYOUTS[CExprDb]}; it holds annotation/, folds/\)$",
+    ):
+        build(CExprDb, tmp_path, manual, "split-0")
+    (manual / "train_sent_emo.csv").write_text(MELD_HEADER + MELD_ROW)
+    with pytest.raises(
+        MissingFileError,
+        match=rf"^manual_dir {where} lacks dev_sent_emo\.csv, test_sent_emo\.csv \(it must hold "
+        rf"{MANUAL_LAYOUTS[MeldText]}; it holds annotation/, folds/, train_sent_emo\.csv\)$",
+    ):
+        build(MeldText, tmp_path, manual)
 
 
 # --- fold-line parsing -----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -87,6 +88,33 @@ def test_meld_table_errors_name_the_file(tmp_path: Path) -> None:
     folder = _write_meld(tmp_path / "emotion", {**SMALL, "test": SMALL["test"].replace("Neutral", "boredom")})
     with pytest.raises(LayoutError, match=r"test_sent_emo.csv:2: unknown Emotion 'boredom'"):
         meld_text_splits(folder)
+
+
+BAD_TEXT_TABLES: dict[str, tuple[bytes, str]] = {
+    "row with missing fields": (
+        (HEADER + '1,Hi.,Joey,neutral,neutral,5,2,8,1,"00:00:01,000","00:00:02,000"\n2,Bye.,Joey,joy\n').encode(),
+        r"test_sent_emo\.csv:3: row 2 has 4 fields, expected 11 \(missing Sentiment, Dialogue_ID, Utterance_ID, "
+        r"Season, Episode, StartTime, EndTime\)$",
+    ),
+    "header only": (HEADER.encode(), r"test_sent_emo\.csv: table holds no utterances: no rows after the header"),
+    "neither UTF-8 nor cp1252": (
+        (HEADER + SMALL["test"]).encode().replace(b"Hi.", b"Hi\x8d."),
+        r"test_sent_emo\.csv:2: byte 0x8d is neither UTF-8 nor cp1252 text \(expected a UTF-8 or cp1252 CSV table\)$",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEXT_TABLES))
+def test_meld_bad_table_names_file_and_row(tmp_path: Path, case: str, capsys) -> None:
+    """A broken table stops the text run with a LayoutError naming the file and the row (exit 2 from the CLI)."""
+    folder = _write_meld(tmp_path / "meld", SMALL)
+    content, pattern = BAD_TEXT_TABLES[case]
+    (folder / "test_sent_emo.csv").write_bytes(content)
+    with pytest.raises(LayoutError, match=f"^{re.escape(str(folder))}/{pattern}"):
+        load_text_data(dataclasses.replace(TEXT_CONFIGS["meld-text-lora"], data_dir=str(folder)))
+    args = ["train", "--config", "meld-text-lora", "--workdir", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--data-dir", str(folder)]) == 2
+    assert f"error: {folder / 'test_sent_emo.csv'}:" in capsys.readouterr().err
 
 
 def test_meld_folder_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

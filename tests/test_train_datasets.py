@@ -5,6 +5,7 @@ built by the TFDS builders from small fixtures laid out like the originals (see 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -176,3 +177,18 @@ def test_real_dataset_errors(tmp_path: Path) -> None:
         train(cfg, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="needs its pretrained weights: set backbone="):
         build_run_model(TrainConfig(model="can", dataset="meld"))
+
+
+def test_empty_manual_dir_stops_the_run(tmp_path: Path) -> None:
+    """An empty manual_dir stops a run before training with the folder and the layout it must hold (the other
+    states, a missing folder and a file, are checked on the builders in test_data_builders)."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    cfg = TrainConfig(
+        model="can", dataset="c-expr-db", manual_dir=str(manual), data_dir=str(tmp_path / "tfds"), modalities=("bert",)
+    )
+    with pytest.raises(
+        ValueError, match=rf"^manual_dir {re.escape(str(manual))} is an empty folder; it must hold folds/"
+    ):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -51,15 +51,19 @@ from jax_cer.data.layout import (
     BERT_DIM,
     CEXPR_CLASSES,
     CEXPR_OTHER,
+    CLASS_ID_FILE,
+    FEATURES_SUBDIR,
     FOLD_SPLITS,
     FRAME_SIZE,
     LABEL_FILE,
     MELD_CLASSES,
+    MELD_CSV_FILES,
     MELD_EMOTIONS,
     MELD_SENTIMENTS,
     VGGISH_DIM,
     VIDEO_FILE,
     FoldEntry,
+    LayoutError,
     MissingFileError,
     check_frame_labels,
     clip_dir,
@@ -97,6 +101,45 @@ class _ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         super().__init__(file_format=file_format or FILE_FORMAT, **kwargs)
 
 
+def _check_manual_dir(path: Path, expected: str, *, given: bool = True) -> None:
+    """``manual_dir`` must be a folder with something in it; the error names it and what it must hold.
+
+    ``given=False``: no ``manual_dir`` was passed and ``path`` is TFDS's default (``<data_dir>/downloads/manual``).
+    """
+    where = f"manual_dir {path}" if given else f"no manual_dir given, and the default {path}"
+    want = f"it must be a folder holding {expected}" if given else f"pass manual_dir, a folder holding {expected}"
+    if not path.exists():
+        raise MissingFileError(f"{where} does not exist; {want}")
+    if not path.is_dir():
+        raise LayoutError(f"{where} is a file, not a folder; {want}")
+    if not any(path.iterdir()):
+        raise MissingFileError(f"{where} is an empty folder; it must hold {expected}")
+
+
+def _listing(folder: Path, limit: int = 8) -> str:
+    """The first names in ``folder``, for messages."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+class _ManualDirBuilder(_ArrayRecordBuilder, skip_registration=True):
+    """A builder that reads ``manual_dir``: the folder is checked before TFDS opens it (TFDS would fail
+    with an AssertionError), with an error that says what the folder must hold."""
+
+    def manual_layout(self) -> str:
+        """What ``manual_dir`` must hold, for error messages."""
+        raise NotImplementedError
+
+    def _make_download_manager(
+        self, download_dir: epath.PathLike | None, download_config: tfds.download.DownloadConfig
+    ) -> tfds.download.DownloadManager:
+        dl_manager = super()._make_download_manager(download_dir, download_config)
+        given = download_config.manual_dir
+        path = Path(given).expanduser() if given else Path(dl_manager.download_dir) / "manual"  # TFDS's default
+        _check_manual_dir(path, self.manual_layout(), given=bool(given))
+        return dl_manager
+
+
 def clip_features(class_names: Sequence[str], frame_size: int = FRAME_SIZE) -> tfds.features.FeaturesDict:
     """The FeaturesDict of one clip example (table in the module docstring).
 
@@ -126,7 +169,7 @@ class FoldConfig(tfds.core.BuilderConfig):
     use_other_class: bool = False
 
 
-class _FeatureBuilder(_ArrayRecordBuilder, skip_registration=True):
+class _FeatureBuilder(_ManualDirBuilder, skip_registration=True):
     """Per-clip feature datasets read from ``manual_dir`` (spec §7.1)."""
 
     DATASET_DIR: ClassVar[str] = ""
@@ -153,11 +196,21 @@ class _FeatureBuilder(_ArrayRecordBuilder, skip_registration=True):
             disable_shuffling=True,
         )
 
+    def manual_layout(self) -> str:
+        ds, files = self.DATASET_DIR, ", ".join([*(f"{s}.txt" for s in FOLD_SPLITS), CLASS_ID_FILE])
+        return f"folds/{ds}/split-{self.builder_config.fold}/ ({files}) and {ds}/{'/'.join(FEATURES_SUBDIR)}/<clip id>/"
+
     def read_folds(self, root: str | Path) -> dict[str, list[FoldEntry]]:
         """Validated fold entries per split (Other removed unless kept); checks that every clip folder exists."""
         cfg = self.builder_config
+        fold_dir = Path(root, "folds", self.DATASET_DIR, f"split-{cfg.fold}")
+        if not fold_dir.is_dir():
+            raise MissingFileError(
+                f"fold folder not found: {fold_dir} (manual_dir {root} must hold {self.manual_layout()}; "
+                f"it holds {_listing(Path(root))})"
+            )
         splits = read_fold_dir(
-            Path(root, "folds", self.DATASET_DIR, f"split-{cfg.fold}"),
+            fold_dir,
             self.CLASS_NAMES,
             other_class=self.OTHER_CLASS,
             use_other_class=getattr(cfg, "use_other_class", False),
@@ -245,10 +298,13 @@ class BahDb(_FeatureBuilder):
     BUILDER_CONFIGS: ClassVar[list[FoldConfig]] = [FoldConfig(name="split-0", fold=0, description="dataset v1 split")]
 
 
-class MeldText(_ArrayRecordBuilder):
+class MeldText(_ManualDirBuilder):
     """MELD utterance tables (text only): one example per CSV row; splits train / validation (dev) / test."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train_sent_emo.csv, dev_sent_emo.csv and test_sent_emo.csv in manual_dir."
+
+    def manual_layout(self) -> str:
+        return ", ".join(MELD_CSV_FILES.values())
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -274,7 +330,14 @@ class MeldText(_ArrayRecordBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        tables = read_meld_tables(dl_manager.manual_dir)
+        root = Path(dl_manager.manual_dir)
+        missing = [name for name in MELD_CSV_FILES.values() if not (root / name).is_file()]
+        if missing:
+            raise MissingFileError(
+                f"manual_dir {root} lacks {', '.join(missing)} (it must hold {self.manual_layout()}; "
+                f"it holds {_listing(root)})"
+            )
+        tables = read_meld_tables(root)
         return {name: self._generate_examples(split, tables[split]) for name, split in MELD_TEXT_SPLITS.items()}
 
     def _generate_examples(self, csv_split: str, rows: Sequence) -> Iterator[tuple[str, dict]]:

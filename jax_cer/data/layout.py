@@ -23,7 +23,7 @@ import csv
 import dataclasses
 import importlib.util
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -430,7 +430,8 @@ def resize_frames(video: np.ndarray, size: int = FRAME_SIZE, source: str | Path 
 
 @dataclasses.dataclass(frozen=True)
 class MeldRow:
-    """One utterance of a MELD ``*_sent_emo.csv`` table; ``emotion`` is the id in :data:`MELD_EMOTIONS` order."""
+    """One utterance of a MELD ``*_sent_emo.csv`` table; ``emotion`` is the id in :data:`MELD_EMOTIONS` order,
+    ``line`` the 1-based line the row starts on."""
 
     sr_no: int
     dialogue_id: int
@@ -447,11 +448,64 @@ class MeldRow:
 
 
 def _decode_csv(path: Path) -> str:
+    """The text of a CSV table: UTF-8 (a BOM is dropped), else cp1252; anything else names the file and line."""
     raw = path.read_bytes()
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise LayoutError(f"{path}:{line}: NUL byte in the file: not a UTF-8 or cp1252 CSV table (UTF-16 or binary?)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
+        pass
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise LayoutError(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} is neither UTF-8 nor cp1252 text (expected a UTF-8 or cp1252 "
+            "CSV table)"
+        ) from None
+
+
+def _csv_records(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank records of a CSV text with the 1-based line each starts on (a quoted field may span lines)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise LayoutError(f"{path}:{line}: not valid CSV ({e}; an unclosed quote?)") from None
+        if record:
+            yield line, record
+
+
+def _check_meld_header(header: list[str], path: Path, line: int) -> None:
+    """Every MELD column must be in the header, once."""
+    missing = [c for c in MELD_CSV_COLUMNS if c not in header]
+    if missing:
+        raise LayoutError(f"{path}: missing columns {missing} (header: {header})")
+    repeated = [c for c in MELD_CSV_COLUMNS if header.count(c) > 1]
+    if repeated:
+        raise LayoutError(f"{path}:{line}: column(s) {repeated} appear more than once in the header")
+
+
+def _check_field_count(record: list[str], header: list[str], where: str, row: int) -> None:
+    """A record must have one field per header column; the message names the row and what is missing or extra."""
+    if len(record) == len(header):
+        return
+    if len(record) < len(header):
+        detail = f"missing {', '.join(header[len(record) :])}"
+    else:
+        detail = f"{len(record) - len(header)} more than the header"
+    if any("\n" in field for field in record):  # a quote left open swallows the line breaks that follow
+        detail += ": an unclosed quote?"
+    elif len(record) > len(header):
+        detail += ": an unquoted comma?"
+    raise LayoutError(f"{where}: row {row} has {len(record)} fields, expected {len(header)} ({detail})")
 
 
 def read_meld_csv(path: str | Path) -> list[MeldRow]:
@@ -459,22 +513,23 @@ def read_meld_csv(path: str | Path) -> list[MeldRow]:
 
     Text is kept as decoded (UTF-8, or cp1252 when the bytes are not UTF-8); the upstream C1
     control characters that replaced some punctuation are not touched. Checks the columns, the
-    Emotion/Sentiment values, integer ids and unique (Dialogue_ID, Utterance_ID) pairs.
+    number of fields of every row, the Emotion/Sentiment values, integer ids and unique
+    (Dialogue_ID, Utterance_ID) pairs. Errors name the file and the line a row starts on.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"MELD table not found: {path}")
-    reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=""))
-    missing = [c for c in MELD_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise LayoutError(f"{path}: missing columns {missing} (header: {reader.fieldnames})")
+    records = _csv_records(_decode_csv(path), path)
+    header_line, header = next(records, (0, None))
+    if header is None:
+        raise LayoutError(f"{path}: empty file (expected a header with the columns {list(MELD_CSV_COLUMNS)})")
+    _check_meld_header(header, path, header_line)
     rows: list[MeldRow] = []
     seen: dict[tuple[int, int], int] = {}
-    for rec in reader:
-        line = reader.line_num
+    for line, record in records:
         where = f"{path}:{line}"
-        if None in rec or any(rec[c] is None for c in MELD_CSV_COLUMNS):
-            raise LayoutError(f"{where}: row has {len(rec)} fields, expected {len(reader.fieldnames or [])}")
+        _check_field_count(record, header, where, len(rows) + 1)
+        rec = dict(zip(header, record, strict=True))
         emotion, sentiment = rec["Emotion"].strip().lower(), rec["Sentiment"].strip().lower()
         if emotion not in MELD_EMOTIONS:
             raise LayoutError(f"{where}: unknown Emotion {rec['Emotion']!r} (expected one of {list(MELD_EMOTIONS)})")
@@ -507,7 +562,7 @@ def read_meld_csv(path: str | Path) -> list[MeldRow]:
             )
         )
     if not rows:
-        raise LayoutError(f"{path}: table holds no utterances (empty split)")
+        raise LayoutError(f"{path}: table holds no utterances: no rows after the header (empty split)")
     return rows
 
 

@@ -9,12 +9,15 @@ relative (float64), training-mode BatchNorm statistics 1e-4. Regenerate the file
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jax_cer.parity import golden
+from jax_cer.parity.repro import run_repro
 from jax_cer.parity.weights import sha256
 
 MANIFEST = golden.load_manifest()
@@ -67,7 +70,8 @@ def test_edited_golden_file_is_rejected(tmp_path) -> None:
         arrays = {k: f[k] for k in f.files}
     arrays["output"] = arrays["output"] + 1e-3
     np.savez(tmp_path / "tcn.npz", **arrays)
-    with pytest.raises(golden.GoldenFileError, match="differ from the manifest"):
+    checksum = r"tcn\.npz does not match the checksum in manifest\.json for key\(s\) \['output'\]"
+    with pytest.raises(golden.GoldenFileError, match=checksum + ": the arrays differ from the manifest"):
         golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
 
 
@@ -77,7 +81,7 @@ def test_missing_golden_file_is_named(tmp_path) -> None:
     with pytest.raises(golden.GoldenFileError, match=r"tcn\.npz is missing .*ship with the jax-cer package"):
         golden.load_case("tcn", golden.load_manifest(tmp_path), tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(golden.GoldenFileError, match="manifest.json is not valid JSON"):
+    with pytest.raises(golden.GoldenFileError, match=r"manifest.json is not valid JSON \(.* at line 1 column 2\)"):
         golden.load_manifest(tmp_path)
 
 
@@ -105,3 +109,112 @@ def test_wrong_reference_fails_its_checks(tmp_path, array: str, failing: set) ->
     assert {name for name, r in results.items() if not r.passed} == failing
     if failing != {"layer", "forward"}:
         assert results[next(iter(failing))].key == array.split("/", 1)[-1]
+
+
+# -- damaged golden files: one failed row naming the file and key, never a traceback ----------------
+def _golden_copy(folder: Path) -> Path:
+    """A copy of the shipped manifest, tcn.npz and the so/ and text/ folders (enough for tcn, so, text)."""
+    src = golden.default_golden_dir()
+    folder.mkdir()
+    for name in ("manifest.json", "tcn.npz"):
+        shutil.copy(src / name, folder / name)
+    for name in ("so", "text"):
+        shutil.copytree(src / name, folder / name)
+    return folder
+
+
+def _edit_npz(path: Path, edit) -> None:
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    np.savez(path, **arrays)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _edit_npz(d / "tcn.npz", lambda a: a.pop("labels")), r"tcn\.npz lacks the key\(s\) \['labels'\]"),
+        (
+            lambda d: _edit_npz(d / "tcn.npz", lambda a: a.update(extra=np.zeros(1))),
+            r"tcn\.npz holds key\(s\) \['extra'\] not listed in manifest\.json",
+        ),
+        (
+            lambda d: _edit_npz(d / "tcn.npz", lambda a: a.update(output=a["output"][:1])),
+            r"tcn\.npz: key 'output' has shape \[1, 64, 128\], manifest\.json lists \[2, 64, 128\]",
+        ),
+        (
+            lambda d: _truncate(d / "tcn.npz"),
+            r"tcn\.npz is not a readable \.npz archive \(BadZipFile: .*\); truncated or corrupted\?",
+        ),
+        (
+            lambda d: _edit_json(d / "manifest.json", lambda m: m["cases"]["tcn"].pop("file")),
+            r"manifest\.json: case 'tcn' lacks the required key\(s\) \['file'\]",
+        ),
+        (
+            lambda d: _edit_json(d / "manifest.json", lambda m: m["cases"]["tcn"]["arrays"]["output"].pop("sha256")),
+            r"manifest\.json: key 'output' of tcn\.npz lacks the required key\(s\) \['sha256'\]",
+        ),
+    ],
+    ids=["key removed", "key added", "shape", "truncated", "no file entry", "no checksum"],
+)
+def test_damaged_case_file_names_file_and_key(tmp_path, damage, message: str) -> None:
+    folder = _golden_copy(tmp_path / "golden")
+    damage(folder)
+    with pytest.raises(golden.GoldenFileError, match=message):
+        golden.load_case("tcn", golden.load_manifest(folder), folder)
+
+
+def test_repro_reports_each_damaged_case_as_one_failed_row(tmp_path, capsys) -> None:
+    """Damaged files of tcn, so and text: each case gets one failed row naming its file, the others still
+    run, exit 1 (nothing is compared: every case stops at its golden file)."""
+    folder = _golden_copy(tmp_path / "golden")
+    _edit_npz(folder / "tcn.npz", lambda a: a.update(output=a["output"] + 1e-3))
+    _truncate(folder / "so" / "trajectory.npz")
+    (folder / "text" / "manifest.json").write_text('{"arrays": {}\n  "npz_sha256": ""}')
+    assert run_repro(["tcn,so,text"], golden_dir=folder, layers=False) == 1
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if " FAIL " in line]
+    assert [line.split()[:3] for line in rows] == [[case, "error", "GoldenFileError"] for case in ("tcn", "so", "text")]
+    assert f"{folder / 'tcn.npz'} does not match the checksum in manifest.json for key(s) ['output']" in out
+    assert f"{folder / 'so' / 'trajectory.npz'} is not a readable .npz archive (BadZipFile: " in out
+    assert f"{folder / 'text' / 'manifest.json'} is not valid JSON (Expecting ',' delimiter at line 2 column 3)" in out
+    assert "0/3 checks passed" in out and "FAILED: 3" in out
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ('{"cases": {\n  "tcn": oops}', r"manifest\.json is not valid JSON \(Expecting value at line 2 column 10\)"),
+        ('{"command": "python repro/make_golden.py"}', r"manifest\.json lacks the required key\(s\) \['cases'\]"),
+        ('{"cases": {"tcn": [1]}}', r"manifest\.json: case 'tcn' is a JSON array, expected an object"),
+        ('["cases"]', r"manifest\.json holds a JSON array, expected an object"),
+        (b"\xff\xfe", r"manifest\.json is not UTF-8 text \(byte 0\)"),
+        (None, r"no golden manifest at .*manifest\.json \(.*missing does not exist\): the golden files ship"),
+    ],
+    ids=["not json", "no cases", "case not an object", "not an object", "not text", "no folder"],
+)
+def test_repro_refuses_an_unreadable_golden_folder(tmp_path, capsys, manifest, message: str) -> None:
+    """A manifest that cannot be read: one line on stderr naming it, exit 2, nothing runs."""
+    folder = tmp_path / "missing"
+    if manifest is not None:
+        folder = _golden_copy(tmp_path / "golden")
+        path = folder / "manifest.json"
+        if isinstance(manifest, bytes):
+            path.write_bytes(manifest)
+        else:
+            path.write_text(manifest)
+    assert run_repro(["tcn"], golden_dir=folder, layers=False) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: ") and re.search(message, line), line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -73,7 +74,7 @@ def test_tcn_items_pass_from_an_empty_folder(tmp_path) -> None:
     assert float(props["max_error"]) <= float(props["tolerance"]) == 1e-4
 
 
-@pytest.mark.slow  # the default run's corrupted-file test covers how a failing case reaches its items
+@pytest.mark.slow  # the default run's damaged-file test covers how a failing case reaches its items
 def test_a_wrong_reference_fails_only_its_item(tmp_path) -> None:
     """A consistent but wrong golden output (manifest updated, via $JAX_CER_GOLDEN): the forward item
     fails with the check's worst key and error; the other items of the case still pass."""
@@ -96,24 +97,34 @@ def test_a_wrong_reference_fails_only_its_item(tmp_path) -> None:
         assert not list(cases[f"jax-cer-repro.tcn::{check}"].iter("failure")), check
 
 
-def test_a_corrupted_golden_file_fails_every_item_of_its_case(tmp_path) -> None:
-    """An array that differs from its manifest sha256 (via --jax-cer-golden-dir): each item fails,
-    naming its check and the file error."""
+def test_damaged_golden_files_fail_every_item_of_their_case(tmp_path) -> None:
+    """An array that differs from its manifest sha256 (tcn) and a truncated file (so), via
+    --jax-cer-golden-dir: each item fails, naming its check and the file error; no internal error."""
 
     def corrupt(arrays, entry) -> None:
         arrays["output"] = arrays["output"] + 1e-3
 
     folder = _tcn_copy(tmp_path / "golden", corrupt)
+    shutil.copytree(golden.default_golden_dir() / "so", folder / "so")
+    npz = folder / "so" / "trajectory.npz"
+    npz.write_bytes(npz.read_bytes()[:1000])
     work = tmp_path / "empty"
     work.mkdir()
-    proc = _pytest(work, "--jax-cer-repro", "--jax-cer-cases=tcn", f"--jax-cer-golden-dir={folder}", "--junitxml=r.xml")
+    args = ("--jax-cer-repro", "--jax-cer-cases=tcn,so", f"--jax-cer-golden-dir={folder}", "--junitxml=r.xml")
+    proc = _pytest(work, *args)
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "4 failed" in proc.stdout
+    assert "8 failed" in proc.stdout and "INTERNALERROR" not in proc.stdout + proc.stderr
     cases = _junit(work / "r.xml")
-    for check in TCN_ITEMS:
-        (failure,) = cases[f"jax-cer-repro.tcn::{check}"].iter("failure")
-        assert f"tcn::{check} was not reported" in failure.text
-        assert "GoldenFileError" in failure.text and "differ from the manifest" in failure.text
+    reasons = {
+        "tcn": f"GoldenFileError: {folder / 'tcn.npz'} does not match the checksum in manifest.json for key(s) "
+        "['output']: the arrays differ from the manifest",
+        "so": f"GoldenFileError: {npz} is not a readable .npz archive (BadZipFile: ",
+    }
+    for case, checks in (("tcn", TCN_ITEMS), ("so", so_trajectory.CHECKS)):
+        for check in checks:
+            (failure,) = cases[f"jax-cer-repro.{case}::{check}"].iter("failure")
+            assert f"{case}::{check} was not reported" in failure.text
+            assert reasons[case] in failure.text, failure.text
 
 
 def test_without_the_flag_the_plugin_adds_nothing(tmp_path) -> None:

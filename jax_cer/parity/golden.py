@@ -24,9 +24,12 @@ fp32 with full-precision matmuls throughout (``jax.default_matmul_precision("hig
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,45 +82,171 @@ def missing_golden_hint(script: str) -> str:
     )
 
 
+MANIFEST_NAME = "manifest.json"
+"""The file name of a golden folder's manifest (the fusion models', ``so/`` and ``text/``)."""
+
+CASE_KEYS: dict[str, type] = {"file": str, "model": str, "seed_weights": int, "loss_key": str, "arrays": dict}
+"""The keys every fusion case of the manifest holds, and their JSON types."""
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _json_type(types: type | tuple[type, ...]) -> str:
+    """``object``, ``array``, ``number or integer``: JSON's names for Python types, for messages."""
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(_JSON_TYPES.get(t, t.__name__) for t in types)
+
+
+def require_keys(
+    entry: Mapping[str, Any], keys: Mapping[str, type | tuple[type, ...]], where: str, *, optional: bool = False
+) -> None:
+    """Raises GoldenFileError unless ``entry`` (a JSON object of a manifest; ``where`` names it in the
+    message, e.g. ``golden/manifest.json: case 'tcn'``) holds every key of ``keys`` with its JSON type;
+    with ``optional`` only the types of the keys present are checked."""
+    if not isinstance(entry, Mapping):
+        raise GoldenFileError(f"{where} is a JSON {_json_type(type(entry))}, expected an object")
+    missing = [k for k in keys if k not in entry]
+    if missing and not optional:
+        raise GoldenFileError(f"{where} lacks the required key(s) {missing}; edited or corrupted?")
+    for key, types in keys.items():
+        if key in entry and not isinstance(entry[key], types):
+            raise GoldenFileError(
+                f"{where}: {key!r} is a JSON {_json_type(type(entry[key]))}, expected a JSON {_json_type(types)}"
+            )
+
+
+def read_json(path: Path, keys: Mapping[str, type | tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """A manifest's JSON object, holding the required ``keys`` (key -> type, see :func:`require_keys`).
+    Raises GoldenFileError naming the file (and, for invalid JSON, the line and column)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise GoldenFileError(f"{path} is not UTF-8 text (byte {e.start}); edited or corrupted?") from None
+    except json.JSONDecodeError as e:
+        raise GoldenFileError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); edited or corrupted?"
+        ) from None
+    except OSError as e:
+        raise GoldenFileError(f"{path} cannot be read: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise GoldenFileError(f"{path} holds a JSON {_json_type(type(data))}, expected an object (a golden manifest)")
+    require_keys(data, keys or {}, str(path))
+    return data
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path``; GoldenFileError names the file (and the key) when it
+    is truncated, corrupted or not an ``.npz`` archive."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise GoldenFileError(
+            f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); truncated or corrupted?"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise GoldenFileError(f"{path} holds a single array, expected an .npz archive of named arrays")
+    arrays = {}
+    with data:
+        for key in data.files:
+            try:
+                arrays[key] = data[key]
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+                raise GoldenFileError(
+                    f"{path}: key {key!r} cannot be read ({type(e).__name__}: {e}); truncated or corrupted?"
+                ) from None
+    return arrays
+
+
+def verify_arrays(
+    path: Path, arrays: Mapping[str, np.ndarray], listed: Mapping[str, Any], manifest: Path, *, checksum: bool = True
+) -> None:
+    """Raises GoldenFileError unless ``arrays`` (of golden file ``path``) are exactly the arrays the
+    manifest lists (``listed``: key -> ``sha256`` and, optionally, ``shape`` and ``dtype``). With
+    ``checksum`` every key must have its sha256 (a manifest that holds the file's checksum instead
+    passes ``checksum=False``). The message names the file and the keys."""
+    for key, entry in listed.items():
+        require_keys(entry, {"sha256": str} if checksum else {}, f"{manifest}: key {key!r} of {path.name}")
+        require_keys(entry, {"shape": list, "dtype": str}, f"{manifest}: key {key!r} of {path.name}", optional=True)
+    missing, extra = [k for k in listed if k not in arrays], [k for k in arrays if k not in listed]
+    if missing:
+        raise GoldenFileError(f"{path} lacks the key(s) {missing[:10]} listed in {manifest.name}; edited or corrupted?")
+    if extra:
+        raise GoldenFileError(f"{path} holds key(s) {extra[:10]} not listed in {manifest.name}; edited or corrupted?")
+    for key, entry in listed.items():
+        a = arrays[key]
+        if "shape" in entry and list(a.shape) != entry["shape"]:
+            raise GoldenFileError(
+                f"{path}: key {key!r} has shape {list(a.shape)}, {manifest.name} lists {entry['shape']}"
+            )
+        if "dtype" in entry and str(a.dtype) != entry["dtype"]:
+            raise GoldenFileError(f"{path}: key {key!r} has dtype {a.dtype}, {manifest.name} lists {entry['dtype']}")
+    bad = [k for k, entry in listed.items() if "sha256" in entry and sha256(arrays[k]) != entry["sha256"]]
+    if bad:
+        raise GoldenFileError(
+            f"{path} does not match the checksum in {manifest.name} for key(s) {bad[:10]}: the arrays differ from "
+            "the manifest (edited or corrupted?)"
+        )
+
+
+def load_arrays(
+    path: Path, listed: Mapping[str, Any], manifest: Path, *, file_checksum: str | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of golden file ``path``, verified against ``manifest``: ``listed`` maps each key to
+    its entry (see :func:`verify_arrays`); ``file_checksum``, where the manifest records the whole file's
+    checksum instead of one per key, is compared first. Every golden case (the fusion models, ``so``,
+    ``text``) reads its arrays here; a damaged file raises GoldenFileError naming the file and key,
+    which ``jax-cer repro`` reports as that case's failed row."""
+    arrays = read_npz(path)
+    if file_checksum is not None and file_sha256(path) != file_checksum:
+        raise GoldenFileError(f"{path} does not match the checksum in {manifest.name}; edited or corrupted?")
+    verify_arrays(path, arrays, listed, manifest, checksum=file_checksum is None)
+    return arrays
+
+
 def load_manifest(golden_dir: Path | None = None) -> dict[str, Any]:
     """The golden manifest (``manifest.json``: cases, seeds, shapes, sha256 of every array) of
-    ``golden_dir`` (default :func:`default_golden_dir`)."""
+    ``golden_dir`` (default :func:`default_golden_dir`). Raises GoldenFileError when it is missing,
+    is not valid JSON, or lacks the ``cases`` object."""
     golden_dir = Path(golden_dir or default_golden_dir())
-    path = golden_dir / "manifest.json"
+    path = golden_dir / MANIFEST_NAME
     if not path.is_file():
-        raise GoldenFileError(f"no golden manifest at {path}: {missing_golden_hint('repro/make_golden.py')}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise GoldenFileError(f"{path} is not valid JSON ({e}); edited or corrupted?") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), dict):
-        raise GoldenFileError(f"{path} has no 'cases' mapping; is it a golden manifest?")
+        where = ""
+        if not golden_dir.is_dir():
+            where = f" ({golden_dir} {'is not a folder' if golden_dir.exists() else 'does not exist'})"
+        raise GoldenFileError(f"no golden manifest at {path}{where}: {missing_golden_hint('repro/make_golden.py')}")
+    manifest = read_json(path, {"cases": dict})
+    require_keys(manifest, {"weights_sha256": dict, "producer": dict, "command": str}, str(path), optional=True)
+    for name, meta in manifest["cases"].items():
+        require_keys(meta, {}, f"{path}: case {name!r}")  # an object: the checks are planned from it
     return manifest
 
 
-def verify_arrays(path: Path, arrays: Mapping[str, np.ndarray], listed: Mapping[str, Any]) -> None:
-    """Raises GoldenFileError unless ``arrays`` are exactly the manifest's ``listed`` arrays (by sha256)."""
-    problems = [k for k in listed if k not in arrays] + [k for k in arrays if k not in listed]
-    problems += [k for k in listed if k in arrays and sha256(arrays[k]) != listed[k]["sha256"]]
-    if problems:
-        raise GoldenFileError(f"{path}: arrays differ from the manifest (edited or corrupted?): {problems[:10]}")
-
-
 def load_case(name: str, manifest: Mapping[str, Any], golden_dir: Path | None = None) -> GoldenCase:
-    """Reads one case and verifies every array against the manifest's sha256."""
+    """Reads one case and verifies every array against the manifest's sha256 (:func:`load_arrays`)."""
     golden_dir = Path(golden_dir or default_golden_dir())
     if name not in manifest["cases"]:
         raise KeyError(f"no golden case {name!r}; cases are {sorted(manifest['cases'])}")
     meta = manifest["cases"][name]
+    manifest_path = golden_dir / MANIFEST_NAME
+    require_keys(meta, CASE_KEYS, f"{manifest_path}: case {name!r}")
     path = golden_dir / meta["file"]
     if not path.is_file():
         raise GoldenFileError(
             f"golden file {path} is missing (listed in the manifest): {missing_golden_hint('repro/make_golden.py')}"
         )
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    verify_arrays(path, arrays, meta["arrays"])
+    arrays = load_arrays(path, meta["arrays"], manifest_path)
     if "base" in meta:  # shared inputs (and, for MT/JMT fixed, the intermediates up to the fusion)
+        if meta["base"] not in manifest["cases"]:
+            raise GoldenFileError(f"{manifest_path}: case {name!r} has base {meta['base']!r}, which is not a case")
         base = load_case(meta["base"], manifest, golden_dir).arrays
         inherit = ("input/", "inter/") if meta.get("inherit_intermediates") else ("input/",)
         arrays = {**{k: v for k, v in base.items() if k.startswith(inherit)}, **arrays}

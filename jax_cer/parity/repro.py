@@ -34,7 +34,7 @@ from jax_cer.parity.tolerances import TOLERANCES
 
 SO = so_trajectory.CASE
 """The SO optimizer's trajectory (``golden/so``)."""
-TEXT = "text"
+TEXT = text_golden.CASE
 """The text encoder and the LoRA classifier (``golden/text``)."""
 EXTRA_CASES = (SO, TEXT)
 """The cases that are not in the fusion models' manifest; they run after the fusion cases."""
@@ -127,8 +127,9 @@ def run_checks(
     name: str, manifest: Mapping[str, Any], golden_dir: Path | None = None, *, layers: bool = True
 ) -> list[CheckResult]:
     """Runs case ``name`` against the golden files in ``golden_dir`` (default
-    :func:`jax_cer.parity.golden.default_golden_dir`) and returns its rows. A case that raises
-    (a missing or corrupted golden file included) gives one failed ``error`` row naming the error;
+    :func:`jax_cer.parity.golden.default_golden_dir`) and returns its rows. A case that raises gives one
+    failed ``error`` row naming the error: a missing or damaged golden file included (every case reads its
+    files through :func:`jax_cer.parity.golden.load_arrays`, whose GoldenFileError names the file and key);
     see :func:`unreported_rows` for planned checks that do not appear."""
     golden_dir = Path(golden_dir or golden.default_golden_dir())
     planned = planned_checks(name, manifest, layers=layers)
@@ -205,7 +206,10 @@ def run_repro(
     """``jax-cer repro``: runs the selected cases (``only``: comma-separated lists of case names; all
     when empty), prints progress to stderr, then the table and the summary line to stdout, and writes
     :func:`repro_record` to ``json_path``. Returns the exit code: 0 when every check passed, 1 when
-    one failed, 2 for an unknown case name or a golden folder without a manifest."""
+    one failed (a case whose golden file is missing or damaged fails with one row naming the file and
+    key, and the other cases still run), 2 for an unknown case name or a golden folder that cannot be
+    read (no folder, no ``manifest.json``, or one that is not valid JSON or lacks required keys), with
+    one line on stderr."""
     golden_dir = Path(golden_dir) if golden_dir else golden.default_golden_dir()
     try:
         manifest = golden.load_manifest(golden_dir)

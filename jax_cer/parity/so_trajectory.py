@@ -7,7 +7,6 @@ from numpy with the recorded seed, so the golden file stores only outputs. Masks
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import optax
 
 from jax_cer.optim import so
-from jax_cer.parity.golden import GoldenFileError, default_golden_dir, missing_golden_hint, verify_arrays
+from jax_cer.parity.golden import GoldenFileError, default_golden_dir, load_arrays, missing_golden_hint, read_json
 from jax_cer.parity.result import CheckResult, error_result
 from jax_cer.parity.tolerances import TOLERANCES
 
@@ -75,17 +74,19 @@ def golden_dir() -> Path:
 
 
 def load(folder: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and arrays of the SO golden trajectory, verified against the manifest's sha256."""
+    """The manifest and arrays of the SO golden trajectory, verified against the manifest's sha256
+    (:func:`jax_cer.parity.golden.load_arrays`); raises GoldenFileError naming the damaged file."""
     folder = Path(folder or golden_dir())
     man_path, npz = folder / "manifest.json", folder / "trajectory.npz"
     for p in (man_path, npz):
         if not p.is_file():
             raise GoldenFileError(f"SO golden file {p} is missing: {missing_golden_hint('repro/make_so_golden.py')}")
-    manifest = json.loads(man_path.read_text())
-    with np.load(npz, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    verify_arrays(npz, arrays, manifest["arrays"])
-    cfg = {**manifest["config"], "shapes": [tuple(s) for s in manifest["config"]["shapes"]]}
+    manifest = read_json(man_path, {"config": dict, "arrays": dict})
+    arrays = load_arrays(npz, manifest["arrays"], man_path)
+    shapes = manifest["config"].get("shapes")
+    if isinstance(shapes, list):
+        shapes = [tuple(s) if isinstance(s, list) else s for s in shapes]
+    cfg = {**manifest["config"], "shapes": shapes}
     if cfg != CONFIG:
         raise GoldenFileError(f"{man_path}: configuration {cfg} differs from so_trajectory.CONFIG {CONFIG}")
     return manifest, arrays

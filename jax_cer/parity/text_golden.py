@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -23,8 +21,15 @@ import optax
 from flax import nnx
 
 from jax_cer.optim import sgd
-from jax_cer.parity.golden import GoldenFileError, missing_golden_hint
-from jax_cer.parity.result import CheckResult, check_result
+from jax_cer.parity.golden import (
+    GoldenFileError,
+    file_sha256,
+    load_arrays,
+    missing_golden_hint,
+    read_json,
+    require_keys,
+)
+from jax_cer.parity.result import CheckResult, check_result, error_result
 from jax_cer.parity.tolerances import TOLERANCES
 from jax_cer.parity.weights import draw_tensor
 from jax_cer.statedict import check_state_dict, entries_by_name, export_entries, load_entries
@@ -32,30 +37,36 @@ from jax_cer.text import BERT_NAMES, SentenceEncoder, TextClassifier, default_ch
 from jax_cer.text.lora import LORA_NAMES, apply_lora, lora_trainable
 from jax_cer.training.step import cross_entropy
 
+CASE = "text"
+"""The name ``jax-cer repro --only`` selects the text rows by, and the case of their ``error`` row."""
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+NUMBER = (int, float)
+MANIFEST_KEYS = {
+    "arrays": dict,
+    "npz_sha256": str,
+    "checkpoint_sha256": str,
+    "sentences": list,
+    "lora": dict,
+    "step": dict,
+}
+"""The keys of the text manifest and their JSON types (:func:`jax_cer.parity.golden.read_json`)."""
+LORA_KEYS = {"targets": list, "rank": int, "alpha": NUMBER, "rslora": bool, "seed": int, "wrapped": list}
+STEP_KEYS = {"lr": NUMBER, "weight_decay": NUMBER, "max_norm": NUMBER}
 
 
 def load(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The text golden files of ``folder``: the manifest and the arrays (checked against its SHA-256)."""
+    """The text golden files of ``folder``: the manifest and the arrays, checked against the manifest's
+    SHA-256 of ``minilm.npz`` (:func:`jax_cer.parity.golden.load_arrays`); raises GoldenFileError naming the
+    damaged file."""
     manifest_path, npz = folder / "manifest.json", folder / "minilm.npz"
     if not manifest_path.is_file() or not npz.is_file():
         raise GoldenFileError(
             f"text golden files missing in {folder}: {missing_golden_hint('repro/make_text_golden.py')}"
         )
-    manifest = json.loads(manifest_path.read_text())
-    if file_sha256(npz) != manifest["npz_sha256"]:
-        raise GoldenFileError(
-            f"{npz} differs from its manifest (edited or corrupted): {missing_golden_hint('repro/make_text_golden.py')}"
-        )
-    with np.load(npz) as f:
-        return manifest, {k: f[k] for k in f.files}
+    manifest = read_json(manifest_path, MANIFEST_KEYS)
+    require_keys(manifest["lora"], LORA_KEYS, f"{manifest_path}: 'lora'")
+    require_keys(manifest["step"], STEP_KEYS, f"{manifest_path}: 'step'")
+    return manifest, load_arrays(npz, manifest["arrays"], manifest_path, file_checksum=manifest["npz_sha256"])
 
 
 def lora_start(wrapped: list[str], rank: int, hidden: int, num_classes: int, seed: int) -> dict[str, np.ndarray]:
@@ -76,10 +87,15 @@ and the head's ``classifier.weight`` / ``classifier.bias`` (transposed Linear we
 
 
 def check(folder: Path) -> list[CheckResult]:
-    """The rows ``text_encoder`` (layers, end_to_end) and ``text_lora`` (logits, sgd_step) against ``folder``."""
+    """The rows ``text_encoder`` (layers, end_to_end) and ``text_lora`` (logits, sgd_step) against ``folder``;
+    one failed ``error`` row of case ``text`` when a golden file is missing or damaged, a ``text_encoder``
+    ``load`` row when the checkpoint is missing or is not the one the golden files were made from."""
     t0 = time.perf_counter()
     try:
         manifest, ref = load(folder)
+    except GoldenFileError as e:  # a missing or damaged golden file: the same row as the other cases'
+        return [error_result(CASE, e, t0)]
+    try:
         path = default_checkpoint()
     except (FileNotFoundError, RuntimeError) as e:
         return [CheckResult("text_encoder", "load", "-", float("inf"), 0.0, False, time.perf_counter() - t0, 0, str(e))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -14,6 +16,8 @@ import optax
 import pytest
 from flax import nnx
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, normalizers, pre_tokenizers, processors
 
 from jax_cer.kernels.loader import interpreting
 from jax_cer.parity.tolerances import TOLERANCES
@@ -23,6 +27,7 @@ from jax_cer.text import (
     BertModel,
     SentenceEncoder,
     TextClassifier,
+    Tokenizer,
     bert_entries,
     check_right_padded,
     default_checkpoint,
@@ -59,7 +64,22 @@ def _meld_sentences(n: int) -> list[str]:
     return [r["Utterance"] for r in picked]
 
 
+TINY_WORDS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "oh", "my", "god", "you", "got", "the", "job", "!", ",", "?")
+
+
+def _tiny_tokenizer(path: Path, words=TINY_WORDS) -> None:
+    """A BERT-style WordPiece tokenizer.json whose ids fit TINY's vocabulary."""
+    tok = HFTokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(path))
+
+
 def _tiny_dir(tmp_path: Path, mutate=None, config=None) -> Path:
+    _tiny_tokenizer(tmp_path / "tokenizer.json")
     model = BertModel(TINY, rngs=nnx.Rngs(0))
     tensors = state_dict(model)
     tensors["embeddings.position_ids"] = np.arange(TINY.max_position_embeddings, dtype=np.int64)[None]
@@ -191,6 +211,246 @@ def test_load_missing_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY.__dict__}))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_bert(tmp_path)
+
+
+@pytest.mark.parametrize("loader", [load_bert, SentenceEncoder.from_pretrained], ids=["load_bert", "SentenceEncoder"])
+@pytest.mark.parametrize(
+    ("value", "dtype", "problem"),
+    [
+        (np.nan, np.float32, "holds 1 NaN/inf values"),
+        (np.inf, np.float32, "holds 1 NaN/inf values"),
+        (-np.inf, np.float32, "holds 1 NaN/inf values"),
+        (1e300, np.float64, "holds values up to 1e+300, beyond float32's range (3.4e+38): they would become inf"),
+    ],
+)
+def test_non_finite_weights_are_refused(tmp_path: Path, loader, value, dtype, problem) -> None:
+    """Both loaders go through the fusion models' check: the file and the key are named."""
+    key = "encoder.layer.1.attention.self.value.weight"
+
+    def mutate(t):
+        t[key] = t[key].astype(dtype)
+        t[key][3, 5] = value
+
+    d = _tiny_dir(tmp_path, mutate)
+    with pytest.raises(StateDictError) as err:
+        loader(d)
+    assert str(err.value) == f"{d / 'model.safetensors'} does not match BertModel:\n  {key}: {problem}"
+
+
+def test_sentence_encoder_loads_tiny_checkpoint(tmp_path: Path) -> None:
+    enc = SentenceEncoder.from_pretrained(_tiny_dir(tmp_path))
+    assert enc.max_seq_length == TINY.max_position_embeddings and enc.normalize
+    emb = enc.embed(["Oh my God, you got the job!", "the job?"])
+    assert emb.shape == (2, TINY.hidden_size)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("hidden_size", "16", "hidden_size must be an integer >= 1, got '16' (str)"),
+        ("hidden_size", True, "hidden_size must be an integer >= 1, got True (bool)"),
+        ("hidden_size", 16.0, "hidden_size must be an integer >= 1, got 16.0 (float)"),
+        ("hidden_size", 18, "hidden_size 18 is not a multiple of num_attention_heads 4"),
+        ("num_attention_heads", 0, "num_attention_heads must be an integer >= 1, got 0 (int)"),
+        ("num_hidden_layers", -1, "num_hidden_layers must be an integer >= 1, got -1 (int)"),
+        ("vocab_size", "40", "vocab_size must be an integer >= 1, got '40' (str)"),
+        ("intermediate_size", [24], "intermediate_size must be an integer >= 1, got [24] (list)"),
+        ("max_position_embeddings", 0, "max_position_embeddings must be an integer >= 1, got 0 (int)"),
+        ("type_vocab_size", 2.5, "type_vocab_size must be an integer >= 1, got 2.5 (float)"),
+        ("layer_norm_eps", "1e-12", "layer_norm_eps must be a finite number > 0, got '1e-12' (str)"),
+        ("layer_norm_eps", float("nan"), "layer_norm_eps must be a finite number > 0, got nan (float)"),
+        ("layer_norm_eps", 0, "layer_norm_eps must be a finite number > 0, got 0 (int)"),
+        ("hidden_dropout_prob", 1.5, "hidden_dropout_prob must be a number in [0, 1), got 1.5 (float)"),
+        (
+            "attention_probs_dropout_prob",
+            False,
+            "attention_probs_dropout_prob must be a number in [0, 1), got False (bool)",
+        ),
+        ("pad_token_id", 40, "pad_token_id must be an integer in [0, vocab_size 40), got 40 (int)"),
+        ("hidden_act", 5, "hidden_act 5 is not supported (one of ['gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu'])"),
+        ("position_embedding_type", "relative_key", "position_embedding_type 'relative_key' is not supported"),
+        ("is_decoder", True, "is_decoder is True; decoder/cross-attention BERT is not supported"),
+        ("model_type", None, "model_type is None; only 'bert' checkpoints are supported"),
+    ],
+)
+def test_config_json_fields_are_validated(tmp_path: Path, key, value, message) -> None:
+    d = _tiny_dir(tmp_path, config={key: value})
+    for loader in (load_bert, SentenceEncoder.from_pretrained):
+        with pytest.raises(ValueError) as err:
+            loader(d)
+        assert str(err.value) == f"{d / 'config.json'}: {message}"
+
+
+def test_config_json_malformed(tmp_path: Path) -> None:
+    d = _tiny_dir(tmp_path)
+    cfg = d / "config.json"
+    good = json.loads(cfg.read_text())
+    cases = [
+        ('{"model_type": "bert",\n}', "is not valid JSON: Expecting property name enclosed in double quotes: "
+         "line 2 column 1 (char 23)"),
+        ("", "is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("[1, 2]", "must hold a JSON object, got a list"),
+        (json.dumps({k: v for k, v in good.items() if k != "num_attention_heads"}),
+         "lacks the required key(s) ['num_attention_heads'] (absent or null)"),
+        (json.dumps({**good, "vocab_size": None}), "lacks the required key(s) ['vocab_size'] (absent or null)"),
+    ]  # fmt: skip
+    for text, message in cases:
+        cfg.write_text(text)
+        with pytest.raises(ValueError) as err:
+            load_bert(d)
+        assert str(err.value) == f"{cfg} {message}"
+    cfg.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=re.escape(f"{cfg} is not UTF-8 text: 'utf-8' codec can't decode byte 0xff")):
+        SentenceEncoder.from_pretrained(d)
+
+
+def test_config_disagreeing_with_weights_fails_before_allocating(tmp_path: Path) -> None:
+    """The file is checked against the abstract model: a huge consistent config allocates nothing."""
+    d = _tiny_dir(tmp_path, config={"vocab_size": 2**20, "hidden_size": 2**20})
+    with pytest.raises(StateDictError, match=re.escape("embeddings.word_embeddings.weight: shape [40, 16], expected ")):
+        load_bert(d)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"version": "1.0",\n  "model": }', "is not valid JSON: Expecting value: line 2 column 12 (char 30)"),
+        ("", "is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("[1]", "must hold a JSON object, got a list"),
+        ("{}", "is not a tokenizers tokenizer.json: Model missing. at line 1 column 2"),
+    ],
+)
+def test_tokenizer_json_malformed(tmp_path: Path, text, message) -> None:
+    d = _tiny_dir(tmp_path)
+    (d / "tokenizer.json").write_text(text)
+    with pytest.raises(ValueError) as err:
+        SentenceEncoder.from_pretrained(d)
+    assert str(err.value) == f"{d / 'tokenizer.json'} {message}"
+
+
+def test_tokenizer_json_checks(tmp_path: Path) -> None:
+    d = _tiny_dir(tmp_path)
+    path = d / "tokenizer.json"
+    raw = json.loads(path.read_text())
+    padding = {"strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": None, "pad_id": 99}
+    path.write_text(json.dumps({**raw, "padding": {**padding, "pad_type_id": 0, "pad_token": "[PAD]"}}))
+    with pytest.raises(ValueError) as err:
+        Tokenizer(path)
+    assert str(err.value) == f"{path}: padding.pad_id must be an integer in [0, 14), got 99"
+    _tiny_tokenizer(path, TINY_WORDS + tuple(f"w{i}" for i in range(40)))  # 54 tokens, the model has 40
+    with pytest.raises(ValueError) as err:
+        SentenceEncoder.from_pretrained(d)
+    assert str(err.value) == (
+        f"{path} has token ids up to 53 but the model's vocab_size is 40: the tokenizer does not belong to this model"
+    )
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{path} is missing: the checkpoint directory needs")):
+        SentenceEncoder.from_pretrained(d)
+
+
+def test_empty_or_missing_checkpoint_folder(tmp_path: Path) -> None:
+    for loader in (load_bert, SentenceEncoder.from_pretrained):
+        with pytest.raises(FileNotFoundError) as err:
+            loader(tmp_path)
+        assert str(err.value) == (
+            f"{tmp_path} is empty: a Hugging Face checkpoint directory holds config.json, model.safetensors and "
+            "tokenizer.json"
+        )
+        with pytest.raises(NotADirectoryError, match="is not a checkpoint directory"):
+            loader(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("sentence_bert_config.json", '{"max_seq_length": "8"}',
+         ": max_seq_length must be an integer in [1, max_position_embeddings 12], got '8'"),
+        ("sentence_bert_config.json", '{"max_seq_length": 13}',
+         ": max_seq_length must be an integer in [1, max_position_embeddings 12], got 13"),
+        ("sentence_bert_config.json", "{max_seq_length: 8}",
+         " is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ("modules.json", "[1]", " must hold a JSON list of module objects, got [1]"),
+        ("modules.json", '[{"type": 5}]', ": a module's type must be a string, got 5"),
+        ("1_Pooling/config.json", '{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}',
+         ": pooling modes ['pooling_mode_cls_token']; only mean pooling (pooling_mode_mean_tokens) is implemented"),
+        ("1_Pooling/config.json", '{"pooling_mode_mean_tokens": "true"}',
+         ": pooling modes must be true or false, got {'pooling_mode_mean_tokens': 'true'}"),
+        ("1_Pooling/config.json", "[]", " must hold a JSON object, got a list"),
+    ],
+)  # fmt: skip
+def test_sentence_transformers_files_are_validated(tmp_path: Path, name, text, message) -> None:
+    d = _tiny_dir(tmp_path)
+    (d / name).parent.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    with pytest.raises(ValueError) as err:
+        SentenceEncoder.from_pretrained(d)
+    assert str(err.value) == f"{d / name}{message}"
+
+
+def test_tokenizer_and_encoder_arguments(tmp_path: Path) -> None:
+    d = _tiny_dir(tmp_path)
+    tok = Tokenizer(d / "tokenizer.json")
+    assert tok(["oh my god", "job"], pad_to_multiple_of=4)["input_ids"].tolist() == [
+        [2, 4, 5, 6, 3, 0, 0, 0],
+        [2, 10, 3, 0, 0, 0, 0, 0],
+    ]
+    assert tok([])["input_ids"].shape == (0, 0)
+    for call, message in [
+        (lambda: Tokenizer(d / "tokenizer.json", max_length=0), "max_length must be an integer >= 1 or None, got 0"),
+        (lambda: tok(["oh"], max_length=1), f"max_length 1 is less than the 2 special tokens {tok.path} adds"),
+        (lambda: tok(["oh"], pad_to_multiple_of=0), "pad_to_multiple_of must be an integer >= 1, got 0"),
+        (lambda: tok(None), "texts must be a list of strings, got NoneType"),
+        (lambda: tok("oh my"), "texts must be a list of strings, got a single str (wrap it in a list)"),
+        (lambda: tok(["oh", 5]), "texts[1] is int, not str"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message
+    model = BertModel(TINY, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"^max_seq_length 13 exceeds the model's max_position_embeddings 12$"):
+        SentenceEncoder(model, tok, max_seq_length=13)
+    with pytest.raises(ValueError, match=r"^max_seq_length must be an integer >= 1 or None, got 0$"):
+        SentenceEncoder(model, tok, max_seq_length=0)
+    enc = SentenceEncoder(model, tok)
+    assert enc.embed([]).shape == (0, TINY.hidden_size)
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1, got 0$"):
+        enc.embed(["oh"], batch_size=0)
+    with pytest.raises(ValueError, match=r"^texts is empty: hidden_states needs at least one text$"):
+        enc.hidden_states([])
+
+
+def _damaged_minilm(tmp_path: Path) -> Path:
+    """A copy of the real checkpoint's small files (the weights linked, never written) to damage."""
+    src = _checkpoint_or_skip()
+    d = tmp_path / "minilm"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("model.safetensors"))
+    (d / "model.safetensors").symlink_to(src / "model.safetensors")
+    return d
+
+
+def test_real_checkpoint_damaged_config_and_tokenizer(tmp_path: Path) -> None:
+    """Damaged config.json / tokenizer.json of all-MiniLM-L6-v2 fail, naming the file, before the weights load."""
+    d = _damaged_minilm(tmp_path)
+    cfg = d / "config.json"
+    good = cfg.read_text()
+    cfg.write_text(good.replace('"hidden_size": 384', '"hidden_size": "384"'))
+    with pytest.raises(ValueError) as err:
+        SentenceEncoder.from_pretrained(d)
+    assert str(err.value) == f"{cfg}: hidden_size must be an integer >= 1, got '384' (str)"
+    cfg.write_text(good)
+    tok = d / "tokenizer.json"
+    text = tok.read_text()
+    tok.write_text(text[: len(text) // 2])
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(tok))} is not valid JSON: .* line \d+ column \d+ \(char \d+\)$"
+    ):
+        SentenceEncoder.from_pretrained(d)
+    tok.write_text(text.replace('"vocab":{"[PAD]":0', '"vocab":{"[PAD]":"zero"', 1))
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(tok))} is not a tokenizers tokenizer.json: .* line \d+ column \d+$"
+    ):
+        SentenceEncoder.from_pretrained(d)
 
 
 def test_right_padding_is_required() -> None:

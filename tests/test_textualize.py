@@ -20,6 +20,8 @@ from jax_cer.text.textualize import (
     hop_windows,
     hume_rows_for_clip,
     meld_label,
+    pool,
+    select_top_faces,
     textualize,
     tone_text,
     whisper_transcript,
@@ -149,7 +151,7 @@ def test_rounding_and_fields() -> None:
         textualize(E1, ["X"])
     with pytest.raises(ValueError, match="expected 20 values"):
         textualize({"aus": [0.0] * 19, "emotions": [0.0] * 7}, ["V"])
-    with pytest.raises(KeyError, match="happiness"):
+    with pytest.raises(ValueError, match=r"emotion probabilities: missing column\(s\) \['disgust', .*'happiness'"):
         textualize({"aus": aus(AU01=0.9), "emotions": {"anger": 1.0}}, ["V"])
 
 
@@ -253,3 +255,94 @@ def test_label_maps() -> None:
     assert meld_label("joy") == 3 and meld_label("Neutral") == 4
     with pytest.raises(ValueError, match="unknown MELD emotion"):
         meld_label("happy")
+
+
+# -- malformed input: one ValueError naming the argument, key, row or column ----------------------
+NAN, INF = math.nan, math.inf
+_AV = {"arousal": 0.1, "valence": 0.2, "dominance": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: textualize(None), r"^record must be a mapping, got NoneType$"),
+        (lambda: textualize([1, 2], ["T"]), r"^record must be a mapping, got list$"),
+        (lambda: textualize({}, ["V"]), r"^record lacks 'aus' \(the V section needs it\)$"),
+        (lambda: textualize({"tone": None}, ["A"]), r"^record lacks 'arousal' \(the A section needs it\)$"),
+        (lambda: textualize(E1, None), r"^modalities must be a non-empty selection of \('T', 'V', 'A'\), got None$"),
+        (lambda: textualize(E1, []), r"modalities must be a non-empty selection"),
+        (lambda: textualize({"aus": None}, ["V"]), r"^AU scores must be a mapping by column name or a sequence of 20"),
+        (lambda: textualize({"aus": "x" * 20}, ["V"]), r"^AU scores must be a mapping .* got str$"),
+        (lambda: textualize({"aus": [[0.1]] * 20}, ["V"]), r"^AU scores: AU01 must be a number, got \[0.1\] \(list\)$"),
+        (lambda: textualize({"aus": aus(AU04=NAN)}, ["V"]), r"^AU scores: AU04 is nan; expected a finite number"),
+        (lambda: textualize({"aus": aus(AU04=INF)}, ["V"]), r"^AU scores: AU04 is inf; expected a finite number"),
+        (lambda: textualize({"aus": aus(AU04=True)}, ["V"]), r"^AU scores: AU04 must be a number, got True \(bool\)$"),
+        (lambda: textualize({"aus": aus(AU04=None)}, ["V"]), r"^AU scores: AU04 must be a number, got None"),
+        (
+            lambda: textualize({"aus": aus(AU04=0.9), "emotions": emotions(0, 0, NAN, 0, 0, 0, 0)}, ["V"]),
+            r"^emotion probabilities: fear is nan; expected a finite number",
+        ),
+        (lambda: textualize({**_AV, "arousal": NAN}, ["A"]), r"^arousal is nan; expected a finite number$"),
+        (lambda: textualize({**_AV, "valence": -INF}, ["A"], True), r"^valence is -inf; expected a finite number$"),
+        (lambda: textualize({**_AV, "dominance": [0.3]}, ["A"]), r"^dominance must be a number, got \[0.3\] \(list\)$"),
+        (
+            lambda: textualize({**_AV, "tone": 5}, ["A"]),
+            r"^record\['tone'\] must be a str \(tone_text\) or None, got int$",
+        ),
+        (lambda: audio_text(NAN, 0.0, 0.0), r"^arousal is nan"),
+        (lambda: tone_text([("Joy", NAN), ("Calm", 0.5)]), r"^tone rows\[0\] score is nan; expected a finite number$"),
+        (
+            lambda: tone_text([("Joy",), ("Calm", 0.5)]),
+            r"^tone rows\[0\] must be a \(name, score\) pair, got \('Joy',\)$",
+        ),
+        (lambda: tone_text("Joy"), r"^tone rows must be a sequence of \(name, score\) pairs, got str$"),
+        (lambda: tone_text({"Joy": 0.5}), r"^tone rows must be a sequence of \(name, score\) pairs, got dict$"),
+        (lambda: hume_rows_for_clip([{"name": "Joy", "score": 0.5}], 0, 1), r"^Hume rows\[0\] lacks 'start'$"),
+        (
+            lambda: hume_rows_for_clip([{"name": "Joy", "score": 0.5, "start": NAN, "end": 1}], 0, 1),
+            r"^Hume rows\[0\] start is nan; expected a finite number$",
+        ),
+        (lambda: hume_rows_for_clip([], NAN, 1.0), r"^begin is nan"),
+        (lambda: annotation_seconds(5), r"^annotation time 5 is not hh:mm:ss.mmm$"),
+        (lambda: annotation_seconds("00:-1:00.000"), r"^annotation time '00:-1:00.000' is not hh:mm:ss.mmm$"),
+        (lambda: whisper_transcript("[' abc']"), r"^Whisper rows must be a sequence of str, got str$"),
+        (lambda: whisper_transcript([None]), r"^a Whisper row must be a str, got None \(NoneType\)$"),
+        (lambda: hop_windows(-1), r"^n must be an integer >= 0, got -1$"),
+        (lambda: hop_windows(12, 2.5), r"^hop must be an integer >= 1, got 2.5$"),
+        (lambda: centred_windows(3, -4), r"^window_size must be an integer >= 1, got -4$"),
+        (lambda: select_top_faces([{"frame": 0}]), r"^frame rows\[0\] lacks 'FaceScore'$"),
+        (lambda: select_top_faces([{"frame": 0, "FaceScore": NAN}]), r"^frame rows\[0\] FaceScore is nan"),
+        (
+            lambda: pool([_row(0)], (-1, 1)),
+            r"^window \(-1, 1\) must satisfy 0 <= start < end <= 1 \(the number of rows\)$",
+        ),
+        (lambda: pool([_row(0)], 3), r"^window must be a \(start, end\) pair of integers, got 3$"),
+        (
+            lambda: pool([_row(0), {**_row(1), "AU10": NAN}], (0, 2)),
+            r"^rows\[1\] AU10 is nan; expected a finite number",
+        ),
+        (lambda: pool([{"frame": 0}], (0, 1)), r"^rows\[0\] lacks 'AU01'$"),
+        (lambda: clip_prompts(None), r"^frame rows must be a sequence of rows \(mappings\), got NoneType$"),
+        (lambda: clip_prompts([_row(0)], arousal=NAN), r"^arousal is nan"),
+        (lambda: clip_prompts([_row(0)], windows="centred", window_size=0), r"^window_size must be an integer >= 1"),
+        (lambda: meld_label(None), r"^MELD emotion must be a str, got None \(NoneType\)$"),
+    ],
+)
+def test_malformed_input_is_named(call, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_malformed_edges_with_defined_results() -> None:
+    """Empty containers give defined results; CSV-read number strings are numbers (as float() reads them)."""
+    assert clip_prompts([]) == [] and select_top_faces([]) == [] and hop_windows(0) == []
+    assert tone_text([]) == tone_text(None) == "No speech detected"
+    assert whisper_transcript([]) == ""
+    assert textualize({}, ["T"]) == "Speech transcription of the video : nan; "
+    assert hume_rows_for_clip([{"name": "Joy", "score": "0.5", "start": "1.0", "end": "2"}], 0, 1) == [("Joy", 0.5)]
+    rows = [{**{k: str(v) for k, v in _row(0, au={"AU12": 0.9}).items()}, "frame": 0}]
+    assert "Lip Corner Puller" in clip_prompts(rows, modalities=["V"])[0]
+    # NaN is refused wherever it sits in a window (max() over NaN would depend on the row order)
+    for order in ([_row(0), {**_row(1), "AU01": NAN}], [{**_row(0), "AU01": NAN}, _row(1)]):
+        with pytest.raises(ValueError, match="AU01 is nan"):
+            pool(order, (0, 2))

@@ -9,7 +9,9 @@ non-float dtype or non-finite value (``embeddings.position_ids``, the buffer tra
 is accepted and checked to be ``0..n-1``). Checkpoints whose keys start with ``bert.`` (a
 ``BertFor...`` save) load too; the head's keys are then unexpected unless a head is built.
 
-- :class:`BertConfig`: the fields of ``config.json`` the model uses.
+- :class:`BertConfig`: the fields of ``config.json`` the model uses, each checked (type, range,
+  ``hidden_size`` a multiple of ``num_attention_heads``); a bad field is a ValueError naming the
+  file, the key and the value. The weights are checked against the model before it is allocated.
 - :class:`BertModel`: embeddings, ``num_hidden_layers`` post-LayerNorm encoder layers and the
   optional pooler, named as transformers names them (``encoder.layer.3.attention.self.query``),
   so the safetensors keys map one to one. Self-attention goes through ``attention_fn`` with the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,8 +73,64 @@ def default_checkpoint() -> Path:
 
 
 # -- configuration --------------------------------------------------------------------------------
+POSITIVE_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+"""The :class:`BertConfig` fields that must be integers >= 1."""
+REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+"""The ``config.json`` keys without a default (the others fall back to transformers' defaults when absent or null)."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _got(v: Any) -> str:
+    return f"got {v!r} ({type(v).__name__})"
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The parsed content of a UTF-8 JSON file; ``what`` says which file a missing one is.
+
+    Raises FileNotFoundError when the file is missing and ValueError naming the path (and, for bad
+    JSON, the line and column) when it is not UTF-8 or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """:func:`read_json` for a file that must hold a JSON object."""
+    raw = read_json(path, what)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(raw).__name__}")
+    return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+    """The fields of ``config.json`` the model uses, checked on construction (ValueError naming the field and
+    value): the sizes are integers >= 1 (not bools), ``hidden_size`` is a multiple of ``num_attention_heads``,
+    the dropout rates are in [0, 1), ``layer_norm_eps`` is finite and > 0, ``pad_token_id`` is an id of the
+    vocabulary and ``hidden_act`` one of :data:`ACTIVATIONS`."""
+
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -86,11 +145,25 @@ class BertConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
+        for name in POSITIVE_INT_FIELDS:
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, {_got(v)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            v = getattr(self, name)
+            if not _is_real(v) or not 0 <= v < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), {_got(v)}")
+        if not _is_real(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be a finite number > 0, {_got(self.layer_norm_eps)}")
+        if not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id must be an integer in [0, vocab_size {self.vocab_size}), {_got(self.pad_token_id)}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
-        if self.hidden_act not in ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (one of {sorted(ACTIVATIONS)})")
 
     @property
@@ -99,27 +172,29 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> BertConfig:
-        """Reads a transformers ``config.json``; only BERT with absolute positions is accepted."""
+        """Reads a transformers ``config.json``; only BERT with absolute positions is accepted.
+
+        Every problem is a ValueError naming ``path``, the key and its value (a missing file is a
+        FileNotFoundError); keys the model does not use are ignored, and a null optional key takes
+        its default.
+        """
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{path} is missing: a Hugging Face checkpoint directory needs config.json"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raw = read_json_object(path, "a Hugging Face checkpoint directory needs config.json")
         if raw.get("model_type") != "bert":
             raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}; only 'bert' checkpoints are supported")
         if raw.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{path}: position_embedding_type {raw['position_embedding_type']!r} is not supported")
-        if raw.get("is_decoder") or raw.get("add_cross_attention"):
-            raise ValueError(f"{path}: decoder/cross-attention BERT configurations are not supported")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"} - set(raw))
+        for key in ("is_decoder", "add_cross_attention"):
+            if raw.get(key) not in (None, False):
+                raise ValueError(f"{path}: {key} is {raw[key]!r}; decoder/cross-attention BERT is not supported")
+        missing = [k for k in REQUIRED_CONFIG_KEYS if raw.get(k) is None]
         if missing:
-            raise ValueError(f"{path} lacks {missing}")
-        return cls(**{k: v for k, v in raw.items() if k in fields and v is not None})
+            raise ValueError(f"{path} lacks the required key(s) {missing} (absent or null)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in fields and v is not None})
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -363,6 +438,15 @@ def load_weights(module: nnx.Module, tensors: Mapping[str, np.ndarray], *, sourc
     matches as is. Raises one :class:`~jax_cer.statedict.StateDictError` naming ``source`` and
     every missing, unexpected, misshapen, non-float or non-finite key.
     """
+    entries, tensors = _checked_tensors(module, tensors, source)
+    load_entries(module, entries, tensors)
+
+
+def _checked_tensors(
+    module: nnx.Module, tensors: Mapping[str, np.ndarray], source: str
+) -> tuple[list[Entry], dict[str, np.ndarray]]:
+    """``module``'s conversion table and ``tensors`` (``bert.`` prefix removed when needed) after
+    :func:`~jax_cer.statedict.check_state_dict`; ``module`` may be abstract (``nnx.eval_shape``)."""
     entries = bert_entries(module)
     expected = {e.key for e in entries}
     tensors = dict(tensors)
@@ -375,7 +459,7 @@ def load_weights(module: nnx.Module, tensors: Mapping[str, np.ndarray], *, sourc
         target=type(module).__name__,
         optional={POSITION_IDS_KEY: check_position_ids},
     )
-    load_entries(module, entries, tensors)
+    return entries, tensors
 
 
 def state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
@@ -394,9 +478,7 @@ def load_bert(
 
     ``add_pooling_layer=None`` builds the pooler exactly when the file has its weights.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a checkpoint directory")
+    path = checkpoint_dir(path)
     cfg = BertConfig.from_json(path / "config.json")
     tensors = read_safetensors(path / "model.safetensors")
     if add_pooling_layer is None:
@@ -404,22 +486,38 @@ def load_bert(
     model = nnx.eval_shape(
         lambda: BertModel(cfg, add_pooling_layer=add_pooling_layer, attention_fn=attention_fn, rngs=nnx.Rngs(0))
     )
-    _materialize(model, dtype)
-    load_weights(model, tensors, source=str(path / "model.safetensors"))
+    # the file is checked against the abstract model, so a config.json that disagrees with the
+    # weights fails before anything of its size is allocated
+    _set_abstract(model, lambda x: jax.ShapeDtypeStruct(x.shape, dtype))
+    entries, tensors = _checked_tensors(model, tensors, str(path / "model.safetensors"))
+    _set_abstract(model, lambda x: jnp.zeros(x.shape, x.dtype))
+    load_entries(model, entries, tensors)
     return model
 
 
-def _materialize(model: nnx.Module, dtype) -> None:
-    """Replaces the abstract arrays of an ``nnx.eval_shape`` model by zeros (then overwritten)."""
-    state = nnx.state(model)
+def checkpoint_dir(path: str | Path) -> Path:
+    """``path`` as a Path; NotADirectoryError when it is not an existing directory, FileNotFoundError when empty."""
+    path = Path(path)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a checkpoint directory (it does not exist or is a file)")
+    if not any(path.iterdir()):
+        raise FileNotFoundError(
+            f"{path} is empty: a Hugging Face checkpoint directory holds config.json, model.safetensors and "
+            "tokenizer.json"
+        )
+    return path
 
-    def zeros(x):
-        if isinstance(x, jax.ShapeDtypeStruct):
-            dt = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
-            return jnp.zeros(x.shape, dt)
-        return x
 
-    nnx.update(model, jax.tree.map(zeros, state))
+def _set_abstract(model: nnx.Module, fn: Callable[[jax.ShapeDtypeStruct], Any]) -> None:
+    """Replaces each floating abstract array of an ``nnx.eval_shape`` model by ``fn(array)``, and the
+    other abstract arrays (the RNG state) by zeros of their own dtype."""
+
+    def replace(x):
+        if not isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        return fn(x) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros(x.shape, x.dtype)
+
+    nnx.update(model, jax.tree.map(replace, nnx.state(model)))
 
 
 def flash_attention_fn(backend: str = "auto") -> AttentionFn:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,14 +21,18 @@ from tqdm import tqdm
 
 from jax_cer.kernels.xla import AttentionFn
 from jax_cer.text.bert import (
+    BertConfig,
     BertModel,
     bert_linear,
+    checkpoint_dir,
     default_checkpoint,
     l2_normalize,
     load_bert,
     mean_pool,
+    read_json,
+    read_json_object,
 )
-from jax_cer.text.tokenizer import Tokenizer, check_texts
+from jax_cer.text.tokenizer import Tokenizer, check_max_length, check_texts
 
 
 class SentenceEncoder:
@@ -44,10 +47,19 @@ class SentenceEncoder:
     def __init__(
         self, model: BertModel, tokenizer: Tokenizer, *, max_seq_length: int | None = None, normalize: bool = True
     ):
+        limit = model.config.max_position_embeddings
+        max_seq_length = check_max_length(max_seq_length, "max_seq_length")
+        if max_seq_length is not None and max_seq_length > limit:
+            raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's max_position_embeddings {limit}")
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"{tokenizer.path} has token ids up to {tokenizer.vocab_size - 1} but the model's vocab_size is "
+                f"{model.config.vocab_size}: the tokenizer does not belong to this model"
+            )
         self.model = model
         self.tokenizer = tokenizer
-        self.max_seq_length = max_seq_length or model.config.max_position_embeddings
-        self.normalize = normalize
+        self.max_seq_length = max_seq_length or limit
+        self.normalize = bool(normalize)
         self._graphdef, self._state = nnx.split(model)
         self._jit = {}
 
@@ -65,22 +77,21 @@ class SentenceEncoder:
         normalize: bool | None = None,
         dtype=jnp.float32,
     ) -> SentenceEncoder:
-        path = default_checkpoint() if path is None else Path(path)
-        model = load_bert(path, attention_fn=attention_fn, dtype=dtype)
-        st = path / "sentence_bert_config.json"
-        if max_seq_length is None and st.is_file():
-            max_seq_length = json.loads(st.read_text()).get("max_seq_length")
-        pooling = path / "1_Pooling" / "config.json"
-        if pooling.is_file():
-            modes = {k for k, v in json.loads(pooling.read_text()).items() if k.startswith("pooling_mode") and v}
-            if modes - {"pooling_mode_mean_tokens"}:
-                raise ValueError(f"{pooling}: pooling modes {sorted(modes)}; only mean pooling is implemented")
+        """Loads a sentence-transformers directory (default: :func:`~jax_cer.text.default_checkpoint`).
+
+        Every file is checked before the weights are read: a missing required file is a
+        FileNotFoundError, anything malformed a ValueError naming the file (and the key).
+        """
+        path = checkpoint_dir(default_checkpoint() if path is None else path)
+        config = BertConfig.from_json(path / "config.json")
+        tokenizer = Tokenizer(path / "tokenizer.json")
+        if max_seq_length is None:
+            max_seq_length = _st_max_seq_length(path / "sentence_bert_config.json", config)
+        _check_pooling(path / "1_Pooling" / "config.json")
         if normalize is None:
-            modules = path / "modules.json"
-            normalize = True
-            if modules.is_file():
-                normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-        return cls(model, Tokenizer(path / "tokenizer.json"), max_seq_length=max_seq_length, normalize=normalize)
+            normalize = _st_normalize(path / "modules.json")
+        model = load_bert(path, attention_fn=attention_fn, dtype=dtype)
+        return cls(model, tokenizer, max_seq_length=max_seq_length, normalize=normalize)
 
     def _fn(self, name: str):
         if name not in self._jit:
@@ -104,6 +115,8 @@ class SentenceEncoder:
     def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """``[N, dim]`` float32 sentence embeddings (mean over real tokens, then L2 norm)."""
         texts = check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         ids = self.tokenizer.encode(texts, self.max_seq_length)
@@ -114,7 +127,10 @@ class SentenceEncoder:
             starts = tqdm(starts, desc="embed", unit="batch")
         for s in starts:
             idx = order[s : s + batch_size]
-            batch = self.tokenizer.pad([ids[i] for i in idx], pad_to_multiple_of=8)
+            longest = max(len(ids[i]) for i in idx)
+            # padded to a multiple of 8 (fewer shapes to compile), never past max_seq_length
+            length = min(-(-longest // 8) * 8, self.max_seq_length)
+            batch = self.tokenizer.pad([ids[i] for i in idx], length=length)
             out[idx] = np.asarray(self._fn("embed")(self._state, batch["input_ids"], batch["attention_mask"]))
         return out
 
@@ -124,9 +140,54 @@ class SentenceEncoder:
         Each state is ``[N, L, hidden]`` float32 over the batch's right-padded tokens
         (``tokens['attention_mask']`` marks the real ones).
         """
+        if not check_texts(texts):
+            raise ValueError("texts is empty: hidden_states needs at least one text")
         batch = self.tokenize(texts)
         states = self._fn("states")(self._state, batch["input_ids"], batch["attention_mask"])
         return [np.asarray(s) for s in states], batch
+
+
+def _st_max_seq_length(path: Path, config: BertConfig) -> int | None:
+    """``max_seq_length`` of ``sentence_bert_config.json`` (None when the file or the key is absent)."""
+    if not path.is_file():
+        return None
+    value = read_json_object(path, "").get("max_seq_length")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= config.max_position_embeddings:
+        raise ValueError(
+            f"{path}: max_seq_length must be an integer in [1, max_position_embeddings "
+            f"{config.max_position_embeddings}], got {value!r}"
+        )
+    return value
+
+
+def _check_pooling(path: Path) -> None:
+    """Raises unless ``1_Pooling/config.json`` (when present) selects mean pooling and nothing else."""
+    if not path.is_file():
+        return
+    raw = read_json_object(path, "")
+    flags = {k: v for k, v in raw.items() if k.startswith("pooling_mode")}
+    bad = {k: v for k, v in flags.items() if not isinstance(v, bool)}
+    if bad:
+        raise ValueError(f"{path}: pooling modes must be true or false, got {bad}")
+    modes = sorted(k for k, v in flags.items() if v)
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise ValueError(f"{path}: pooling modes {modes}; only mean pooling (pooling_mode_mean_tokens) is implemented")
+
+
+def _st_normalize(path: Path) -> bool:
+    """Whether ``modules.json`` lists a ``Normalize`` module (True when the file is absent)."""
+    if not path.is_file():
+        return True
+    modules = read_json(path, "")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{path} must hold a JSON list of module objects, got {modules!r:.80}")
+    types = [m.get("type", "") for m in modules]
+    bad = [t for t in types if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"{path}: a module's type must be a string, got {bad[0]!r}")
+    return any(t.endswith("Normalize") for t in types)
 
 
 class TextClassifier(nnx.Module):

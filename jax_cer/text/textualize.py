@@ -27,6 +27,8 @@ the two MELD orders.
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -81,26 +83,45 @@ MELD_FEATURE_TO_TEXT: tuple[int, ...] = tuple(MELD_TEXT_LABELS.index(e) for e in
 
 def meld_label(emotion: str) -> int:
     """The text models' class id of a MELD ``Emotion`` value (``joy`` -> 3)."""
+    if not isinstance(emotion, str):
+        raise ValueError(f"MELD emotion must be a str, got {emotion!r} ({type(emotion).__name__})")
     try:
         return MELD_TEXT_LABELS.index(emotion.strip().lower())
     except ValueError:
         raise ValueError(f"unknown MELD emotion {emotion!r}; expected one of {MELD_TEXT_LABELS}") from None
 
 
+FILLED = " (the original fills missing py-feat values with 0)"
+
+
+def _number(v: Any, what: str, hint: str = "") -> float:
+    """``v`` (a real number, or a string of one as a CSV reader gives) as a finite float; ValueError
+    naming ``what`` (then ``hint``) for anything else (bools included), NaN or inf."""
+    try:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, str)):
+            raise ValueError
+        x = float(v)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {v!r} ({type(v).__name__})") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{what} is {x}; expected a finite number{hint}")
+    return x
+
+
 def _values(x: Mapping[str, float] | Sequence[float], names: Sequence[str], what: str) -> list[float]:
     if isinstance(x, Mapping):
         missing = [n for n in names if n not in x]
         if missing:
-            raise KeyError(f"{what}: missing column(s) {missing}")
-        vals = [x[n] for n in names]
-    else:
-        vals = list(x)
-        if len(vals) != len(names):
-            raise ValueError(f"{what}: expected {len(names)} values in the order {tuple(names)}, got {len(vals)}")
-    out = [float(v) for v in vals]
-    if any(math.isnan(v) for v in out):
-        raise ValueError(f"{what} hold NaN; the original fills missing values with 0 before pooling")
-    return out
+            raise ValueError(f"{what}: missing column(s) {missing}")
+        return [_number(x[n], f"{what}: {n}", FILLED) for n in names]
+    if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+        raise ValueError(
+            f"{what} must be a mapping by column name or a sequence of {len(names)} numbers, got {type(x).__name__}"
+        )
+    vals = list(x)
+    if len(vals) != len(names):
+        raise ValueError(f"{what}: expected {len(names)} values in the order {tuple(names)}, got {len(vals)}")
+    return [_number(v, f"{what}: {n}", FILLED) for n, v in zip(names, vals, strict=True)]
 
 
 def au_text(aus: Mapping[str, float] | Sequence[float]) -> str | None:
@@ -120,14 +141,36 @@ def emotion_text(emotions: Mapping[str, float] | Sequence[float]) -> str:
     return ", ".join(EMOTION_COLUMNS[i] for i in order)
 
 
+def _tone_rows(rows: Iterable[tuple[str, float]] | None) -> list[tuple[str, float]]:
+    if rows is None:
+        return []
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise ValueError(f"tone rows must be a sequence of (name, score) pairs, got {type(rows).__name__}")
+    out = []
+    for i, row in enumerate(rows):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or len(row) != 2:
+            raise ValueError(f"tone rows[{i}] must be a (name, score) pair, got {row!r}")
+        out.append((row[0], _number(row[1], f"tone rows[{i}] score")))
+    return out
+
+
 def tone_text(rows: Iterable[tuple[str, float]] | None) -> str:
     """Hume prosody rows ``(name, score)`` -> the 10 highest scores (ties: earlier row), each
-    ``High <name>`` if score > 0.3 else ``Low <name>``; ``No speech detected`` when there are none."""
-    rows = list(rows or [])
+    ``High <name>`` if score > 0.3 else ``Low <name>``; ``No speech detected`` when there are none.
+    A row that is not a pair or whose score is not a finite number is a ValueError naming it."""
+    rows = _tone_rows(rows)
     if not rows:
         return NO_SPEECH
-    ranked = sorted(range(len(rows)), key=lambda i: (-float(rows[i][1]), i))[:TONE_ROWS]
-    return ", ".join(f"{'High' if float(rows[i][1]) > TONE_THRESHOLD else 'Low'} {rows[i][0]}" for i in ranked)
+    ranked = sorted(range(len(rows)), key=lambda i: (-rows[i][1], i))[:TONE_ROWS]
+    return ", ".join(f"{'High' if rows[i][1] > TONE_THRESHOLD else 'Low'} {rows[i][0]}" for i in ranked)
+
+
+def _field(row: Any, key: str, what: str, why: str = "") -> Any:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{what} must be a mapping, got {type(row).__name__}")
+    if key not in row:
+        raise ValueError(f"{what} lacks {key!r}{why}")
+    return row[key]
 
 
 def hume_rows_for_clip(
@@ -135,27 +178,36 @@ def hume_rows_for_clip(
 ) -> list[tuple[str, float]]:
     """Rows (``name``, ``score``, ``start``, ``end``) of a C-EXPR-DB source video's Hume file whose
     segment meets the clip ``[begin, end]`` widened by ``context`` seconds: ``start <= end + 2`` and
-    ``segment end >= begin - 2``. File order is kept."""
-    return [
-        (str(r["name"]), float(r["score"]))
-        for r in rows
-        if float(r["start"]) <= end + context and float(r["end"]) >= begin - context
-    ]
+    ``segment end >= begin - 2``. File order is kept. A missing key or a non-finite number is a
+    ValueError naming the row."""
+    lo = _number(begin, "begin") - _number(context, "context")
+    hi = _number(end, "end") + context
+    out = []
+    for i, r in enumerate(rows):
+        what = f"Hume rows[{i}]"
+        score, start, stop = (_number(_field(r, k, what), f"{what} {k}") for k in ("score", "start", "end"))
+        if start <= hi and stop >= lo:
+            out.append((str(_field(r, "name", what)), score))
+    return out
+
+
+_ANNOTATION_TIME = re.compile(r"(\d+):(\d+):(\d+)(?:\.(\d+))?")
 
 
 def annotation_seconds(t: str) -> float:
     """``hh:mm:ss.mmm`` -> seconds as the original: ``h*3600 + m*60 + s + int(ms)/1000``."""
-    try:
-        hms, _, ms = t.strip().partition(".")
-        h, m, s = (int(p) for p in hms.split(":"))
-        return h * 3600 + m * 60 + s + (int(ms) / 1000 if ms else 0)
-    except ValueError:
-        raise ValueError(f"annotation time {t!r} is not hh:mm:ss.mmm") from None
+    m = _ANNOTATION_TIME.fullmatch(t.strip()) if isinstance(t, str) else None
+    if m is None:
+        raise ValueError(f"annotation time {t!r} is not hh:mm:ss.mmm")
+    h, mi, sec, ms = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + int(sec) + (int(ms) / 1000 if ms else 0)
 
 
 def clean_whisper_segment(row: str) -> str:
     """A stored ``str(list_of_strings)`` Whisper row as the original reads it: every ``[ ] ' "``
     removed (apostrophes inside words too), then the first character dropped (quirk Q6)."""
+    if not isinstance(row, str):
+        raise ValueError(f"a Whisper row must be a str, got {row!r} ({type(row).__name__})")
     for ch in "[]'\"":
         row = row.replace(ch, "")
     return row[1:]
@@ -163,6 +215,8 @@ def clean_whisper_segment(row: str) -> str:
 
 def whisper_transcript(rows: Iterable[str]) -> str:
     """The ``video`` transcript context: cleaned segments of a source video joined by ``"\\n "``."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise ValueError(f"Whisper rows must be a sequence of str, got {type(rows).__name__}")
     return "\n ".join(clean_whisper_segment(r) for r in rows)
 
 
@@ -175,7 +229,10 @@ def _level(x: float) -> str:
 
 
 def audio_text(arousal: float, valence: float, dominance: float, levels: bool = False) -> str:
-    """The tail of the A section (starts with a space)."""
+    """The tail of the A section (starts with a space); each value must be a finite number."""
+    arousal, valence, dominance = (
+        _number(v, k) for k, v in (("arousal", arousal), ("valence", valence), ("dominance", dominance))
+    )
     if levels:
         return (
             f" Audio emotional state :  {_level(valence)} Valence, {_level(arousal)} Arousal, "
@@ -195,6 +252,8 @@ def _transcript(t: Any, missing: str) -> str:
 
 
 def _check_modalities(modalities: Iterable[str]) -> set[str]:
+    if not isinstance(modalities, Iterable):
+        raise ValueError(f"modalities must be a non-empty selection of {MODALITIES}, got {modalities!r}")
     mods = list(modalities)
     bad = [m for m in mods if m not in MODALITIES]
     if bad or not mods:
@@ -217,35 +276,53 @@ def textualize(
     for T; ``tone`` (the :func:`tone_text` string; None -> ``No speech detected``) and
     ``arousal``, ``valence``, ``dominance`` for A. Only the selected sections' keys are needed.
     ``modalities``: any of ``T``, ``V``, ``A``; the output order is always T, V, A.
-    ``audio_levels``: High/Low levels instead of numbers.
+    ``audio_levels``: High/Low levels instead of numbers. A missing key of a selected section, a
+    value of the wrong type or a NaN/inf number is a ValueError naming it.
     """
     mods = _check_modalities(modalities)
+    if not isinstance(record, Mapping):
+        raise ValueError(f"record must be a mapping, got {type(record).__name__}")
     out = []
     if "T" in mods:
         out.append(f"Speech transcription of the video : {_transcript(record.get('transcript'), missing_transcript)}; ")
     if "V" in mods:
-        aus = au_text(record["aus"])
-        emo = NO_FACE if aus is None else emotion_text(record["emotions"])
+        why = " (the V section needs it)"
+        aus = au_text(_field(record, "aus", "record", why))
+        emo = NO_FACE if aus is None else emotion_text(_field(record, "emotions", "record", why))
         out.append(f"Facial Action Units activated during the video : {aus or NO_FACE}; ")
         out.append(f"Emotions predicted from visual modality: {emo}; ")
     if "A" in mods:
         tone = record.get("tone")
+        if tone is not None and not isinstance(tone, str):
+            raise ValueError(f"record['tone'] must be a str (tone_text) or None, got {type(tone).__name__}")
         out.append(f"Characteristics of the prosody : {NO_SPEECH if tone is None else tone}; ")
-        out.append(audio_text(record["arousal"], record["valence"], record["dominance"], audio_levels))
+        triple = (_field(record, k, "record", " (the A section needs it)") for k in ("arousal", "valence", "dominance"))
+        out.append(audio_text(*triple, audio_levels))
     return "".join(out)
+
+
+def _count(v: Any, name: str, least: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+    return int(v)
 
 
 def hop_windows(n: int, hop: int = 10) -> list[tuple[int, int]]:
     """``[s, s + hop)`` for s = 0, hop, 2 hop, ...; the last window ends at n (ceil(n / hop) windows)."""
-    if hop < 1:
-        raise ValueError(f"hop must be >= 1, got {hop}")
+    n, hop = _count(n, "n", 0), _count(hop, "hop", 1)
     return [(s, min(s + hop, n)) for s in range(0, n, hop)]
 
 
 def centred_windows(n: int, window_size: int = 20) -> list[tuple[int, int]]:
     """One window per frame f: ``[max(f - ws//2, 0), min(f + ws//2 + 1, n))``."""
-    half = window_size // 2
+    n, half = _count(n, "n", 0), _count(window_size, "window_size", 1) // 2
     return [(max(f - half, 0), min(f + half + 1, n)) for f in range(n)]
+
+
+def _rows(rows: Any, what: str) -> Sequence[Mapping[str, Any]]:
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
+        raise ValueError(f"{what} must be a sequence of rows (mappings), got {type(rows).__name__}")
+    return rows
 
 
 def select_top_faces(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -253,23 +330,40 @@ def select_top_faces(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
 
     Like the original, exact ties keep several rows per frame; :func:`clip_prompts` checks that
     one row per frame remains, frames 0..n-1 in order (quirk Q9), since windows index row positions.
+    A row without ``frame`` or with a FaceScore that is not a finite number is a ValueError naming it.
     """
+    rows = _rows(rows, "frame rows")
+    scores = [
+        _number(_field(r, "FaceScore", f"frame rows[{i}]"), f"frame rows[{i}] FaceScore") for i, r in enumerate(rows)
+    ]
+    frames = [_field(r, "frame", f"frame rows[{i}]") for i, r in enumerate(rows)]
     best: dict[Any, float] = {}
-    for r in rows:
-        f, s = r["frame"], float(r["FaceScore"])
+    for f, s in zip(frames, scores, strict=True):
         best[f] = max(best.get(f, -math.inf), s)
-    return [r for r in rows if float(r["FaceScore"]) == best[r["frame"]]]
+    return [r for r, f, s in zip(rows, frames, scores, strict=True) if s == best[f]]
 
 
 def pool(rows: Sequence[Mapping[str, Any]], window: tuple[int, int]) -> dict[str, list[float]]:
-    """Column-wise max over the rows ``[start, end)`` of the 20 AUs and of the 7 emotions."""
+    """Column-wise max over the rows ``[start, end)`` of the 20 AUs and of the 7 emotions.
+
+    ``window`` must satisfy ``0 <= start < end <= len(rows)``; a missing column or a value that is
+    not a finite number is a ValueError naming the row and column."""
+    rows = _rows(rows, "rows")
+    if not (isinstance(window, Sequence) and len(window) == 2 and all(_is_int(w) for w in window)):
+        raise ValueError(f"window must be a (start, end) pair of integers, got {window!r}")
     start, end = window
-    sel = rows[start:end]
-    if not sel:
-        raise ValueError(f"window {window} holds no rows (the clip has {len(rows)})")
-    aus = [max(float(r[c]) for r in sel) for c in AU_NAMES]
-    emotions = [max(float(r[c]) for r in sel) for c in EMOTION_COLUMNS]
-    return {"aus": aus, "emotions": emotions}
+    if not 0 <= start < end <= len(rows):
+        raise ValueError(f"window {tuple(window)} must satisfy 0 <= start < end <= {len(rows)} (the number of rows)")
+    sel = [(i, rows[i]) for i in range(start, end)]
+
+    def column(c: str) -> float:
+        return max(_number(_field(r, c, f"rows[{i}]"), f"rows[{i}] {c}", FILLED) for i, r in sel)
+
+    return {"aus": [column(c) for c in AU_NAMES], "emotions": [column(c) for c in EMOTION_COLUMNS]}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def clip_prompts(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
+
+from jax_cer.text.bert import read_json_object
 
 
 class Tokenizer:
@@ -15,34 +17,56 @@ class Tokenizer:
 
     ``__call__(texts, max_length=None, pad_to_multiple_of=1)`` -> ``input_ids``,
     ``attention_mask`` and ``token_type_ids`` as int32 ``[N, L]`` with L the longest encoding
-    (after truncation to ``max_length``), rounded up to ``pad_to_multiple_of``.
+    (after truncation to ``max_length``), rounded up to ``pad_to_multiple_of``. ``vocab_size`` is
+    the number of ids it can produce (its largest id + 1).
+
+    A missing file is a FileNotFoundError; a file that is not UTF-8 JSON (the error gives the line
+    and column), not a ``tokenizers`` tokenizer, with an empty vocabulary or a ``padding.pad_id``
+    outside it is a ValueError naming the path. Only ``tokenizer.json`` is read (``vocab.txt`` is not).
     """
 
     def __init__(self, path: str | Path, *, max_length: int | None = None):
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the checkpoint directory needs tokenizer.json")
+        raw = read_json_object(path, "the checkpoint directory needs tokenizer.json")
         self.path = path
-        self.hf = HFTokenizer.from_file(str(path))
+        try:
+            self.hf = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception
+            raise ValueError(f"{path} is not a tokenizers tokenizer.json: {e}") from None
         self.hf.no_padding()
         self.hf.no_truncation()
-        raw = json.loads(path.read_text())
-        pad = (raw.get("padding") or {}).get("pad_id")
-        self.pad_id = int(pad) if pad is not None else (self.hf.token_to_id("[PAD]") or 0)
-        self.max_length = max_length
+        vocab = self.hf.get_vocab(with_added_tokens=True)
+        if not vocab:
+            raise ValueError(f"{path}: the tokenizer's vocabulary is empty")
+        self.vocab_size = max(vocab.values()) + 1
+        padding = raw.get("padding")
+        if padding is not None and not isinstance(padding, dict):
+            raise ValueError(f"{path}: padding must be an object or null, got {padding!r}")
+        pad = (padding or {}).get("pad_id")
+        if pad is None:
+            pad = self.hf.token_to_id("[PAD]") or 0
+        elif not _is_index(pad, self.vocab_size):
+            raise ValueError(f"{path}: padding.pad_id must be an integer in [0, {self.vocab_size}), got {pad!r}")
+        self.pad_id = int(pad)
+        self.max_length = check_max_length(max_length, "max_length")
 
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         texts = check_texts(texts)
-        limit = max_length or self.max_length
+        limit = check_max_length(max_length, "max_length") or self.max_length
         if limit is not None:
-            self.hf.enable_truncation(int(limit))
+            special = self.hf.num_special_tokens_to_add(False)
+            if limit < special:  # tokenizers would then ignore the limit
+                raise ValueError(f"max_length {limit} is less than the {special} special tokens {self.path} adds")
+            self.hf.enable_truncation(limit)
         try:
-            return [e.ids for e in self.hf.encode_batch(list(texts))]
+            return [e.ids for e in self.hf.encode_batch(texts)]
         finally:
             self.hf.no_truncation()
 
     def pad(self, ids: Sequence[Sequence[int]], pad_to_multiple_of: int = 1, length: int | None = None):
-        n = max(len(x) for x in ids)
+        if not _is_index(pad_to_multiple_of, None) or pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be an integer >= 1, got {pad_to_multiple_of!r}")
+        n = max((len(x) for x in ids), default=0)
         if length is not None:
             if length < n:
                 raise ValueError(f"length {length} is shorter than the longest encoding ({n} tokens)")
@@ -59,11 +83,28 @@ class Tokenizer:
         return self.pad(self.encode(texts, max_length), pad_to_multiple_of)
 
 
-def check_texts(texts) -> list[str]:
+def _is_index(v: Any, size: int | None) -> bool:
+    """Whether ``v`` is an integer (not a bool) in ``[0, size)`` (``[0, inf)`` when ``size`` is None)."""
+    ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+    return ok and (size is None or v < size)
+
+
+def check_max_length(value: Any, name: str) -> int | None:
+    """``value`` when it is None or an integer >= 1 (not a bool); otherwise a ValueError naming ``name``."""
+    if value is not None and (not _is_index(value, None) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+    return None if value is None else int(value)
+
+
+def check_texts(texts: Any) -> list[str]:
+    """``texts`` as a list of strings; ValueError naming ``texts`` (or the first bad item) otherwise."""
     if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, got a single str (wrap it in a list)")
-    texts = list(texts)
+        raise ValueError("texts must be a list of strings, got a single str (wrap it in a list)")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}") from None
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
-        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str")
+        raise ValueError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, not str")
     return texts

@@ -29,8 +29,22 @@ from jax_cer.training.fusion import evaluate_checkpoint, train
 from jax_cer.training.parallel import Placement, fail, initialize_processes, is_main, report_failure
 from jax_cer.training.text import evaluate_text_checkpoint, train_text
 
-RUN_ERRORS = (ValueError, KeyError, FileNotFoundError, FloatingPointError, CheckpointError)
-"""What a training or evaluation run reports as ``error: ...`` (exit 2) instead of a traceback."""
+RUN_ERRORS = (ValueError, KeyError, OSError, FloatingPointError, CheckpointError)
+"""What a training or evaluation run reports as one line ``jax-cer train: error: ...`` (exit 2) instead of
+a traceback: bad configuration values, missing or damaged files, a diverged loss. Anything else is an
+internal error and keeps its traceback."""
+
+
+class UsageError(Exception):
+    """A mistake in the command line or in the files it names: :func:`main` prints it as one line,
+    ``jax-cer <command>: error: <message>``, and exits with status 2 (as argparse does)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
@@ -52,12 +66,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         files = load_files([Path(d) for d in args.results])
         if not files:
-            print(f"no result files under {', '.join(args.results)}", file=sys.stderr)
-            return 2
+            raise UsageError(f"no result files under {', '.join(args.results)}")
         text = report.render_files(files, args.notes, out.parent, plots)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out} from {len(files)} result files; plots in {plots}")
@@ -270,7 +282,7 @@ def _add_eval(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jax-cer",
         description=(
             "JAX ports of the compound multimodal emotion recognition models, checked against the "
@@ -287,19 +299,19 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     """The named configuration with the flags --manual-dir, --data-dir, --backbone and --set applied."""
     every = {**CONFIGS, **TEXT_CONFIGS}
     if args.config not in every:
-        raise SystemExit(f"unknown configuration {args.config!r}; choose one of {sorted(every)}")
+        raise UsageError(f"unknown configuration {args.config!r}; choose one of {sorted(every)}")
     cfg = every[args.config]
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     changes = {}
     for flag, key in (("manual_dir", "manual_dir"), ("data_dir", "data_dir"), ("backbone", "backbone")):
         if getattr(args, flag, None):
             if key not in fields:
-                raise SystemExit(f"--{flag.replace('_', '-')} does not apply to the text configuration {args.config}")
+                raise UsageError(f"--{flag.replace('_', '-')} does not apply to the text configuration {args.config}")
             changes[key] = getattr(args, flag)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
         current = getattr(cfg, key)
         try:
             if isinstance(current, bool):
@@ -311,11 +323,11 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
             else:
                 changes[key] = type(current)(value)
         except ValueError:
-            raise SystemExit(f"--set {item!r}: {value!r} is not a valid {type(current).__name__}") from None
+            raise UsageError(f"--set {item!r}: {value!r} is not a valid {type(current).__name__}") from None
     try:
         return dataclasses.replace(cfg, **changes)
     except ValueError as err:
-        raise SystemExit(f"invalid configuration: {err}") from None
+        raise UsageError(f"invalid configuration: {err}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -340,7 +352,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         several = initialize_processes(args.coordinator, args.num_processes, args.process_id)
         placement = Placement(cfg.devices)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     if is_main():
         print(f"jax-cer train: {args.config} -> {workdir} on {placement.describe()}", flush=True)
     trainer = train_text if isinstance(cfg, TextTrainConfig) else train
@@ -351,8 +363,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RUN_ERRORS as err:
         if several:
             report_failure(err)  # exits
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     except Exception as err:
         if several:
             traceback.print_exc()
@@ -396,7 +407,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         several = initialize_processes(args.coordinator, args.num_processes, args.process_id)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     try:
         text = isinstance(read_run_config(args.workdir), TextTrainConfig)
         run = evaluate_text_checkpoint if text else evaluate_checkpoint
@@ -404,8 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except RUN_ERRORS as err:
         if several:
             report_failure(err)  # exits
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     if is_main():
         for k, v in res.items():
             print(f"{k:<32} {v:.4f}")
@@ -415,8 +425,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``jax-cer`` command: exit 0 on success, 1 when a check fails (``repro``), 2 for a user error
+    (one line on stderr, no traceback), 130 when interrupted; an internal error keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"jax-cer {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -39,8 +39,15 @@ AP_THRESHOLDS = np.arange(0, 1, 0.001)
 """The 1000 thresholds of BAH's AP: 0.000, 0.001, ..., 0.999 (numpy's exact values)."""
 
 
+def _array(x, name: str) -> np.ndarray:
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as err:  # a ragged list
+        raise ValueError(f"{name} is not an array (rows of different lengths?): {err}") from None
+
+
 def _labels(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
+    a = _array(x, name)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one class id per frame or clip), got shape {a.shape}")
     if a.size == 0:
@@ -107,7 +114,11 @@ def confusion_matrix(labels, preds, *, num_classes: int | None = None, normalize
     by its support, and rows without support stay 0. ``None`` gives counts.
     """
     y, p = _pair(labels, preds)
+    if normalize not in ("true", None):
+        raise ValueError(f"normalize must be 'true' or None, got {normalize!r}")
     if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         top = max(y.max(), p.max())
         if top >= num_classes:
             raise ValueError(f"class id {top} is out of range for num_classes={num_classes}")
@@ -119,14 +130,12 @@ def confusion_matrix(labels, preds, *, num_classes: int | None = None, normalize
     np.add.at(cm, (np.vectorize(index.get)(y), np.vectorize(index.get)(p)), 1)
     if normalize is None:
         return cm
-    if normalize != "true":
-        raise ValueError(f"normalize must be 'true' or None, got {normalize!r}")
     rows = cm.sum(axis=1, keepdims=True)
     return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
 
 
 def _logits(frame_logits, name: str = "frame_logits") -> np.ndarray:
-    z = np.asarray(frame_logits)
+    z = _array(frame_logits, name)
     if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
         raise ValueError(f"{name} must be [frames, classes] with at least one of each, got shape {z.shape}")
     if z.dtype.kind not in "fiu":
@@ -164,7 +173,17 @@ def aggregate_video(frame_logits, rule: str) -> int:
 
 def aggregate_videos(clips: Sequence, rule: str) -> np.ndarray:
     """``aggregate_video`` over a list of clips' ``[frames, classes]`` logits."""
-    return np.array([aggregate_video(c, rule) for c in clips], np.int64)
+    if isinstance(clips, (str, bytes)) or not isinstance(clips, (Sequence, np.ndarray)):
+        raise ValueError(f"clips must be a list of [frames, classes] logits, got {type(clips).__name__}")
+    out = []
+    for i, clip in enumerate(clips):
+        try:
+            out.append(aggregate_video(clip, rule))
+        except ValueError as err:
+            if "frame_logits" not in str(err):
+                raise
+            raise ValueError(str(err).replace("frame_logits", f"clips[{i}]", 1)) from None
+    return np.array(out, np.int64)
 
 
 def _binary(labels, name: str) -> np.ndarray:
@@ -188,7 +207,7 @@ def bah_avgf1(labels, preds) -> float:
 
 def bah_average_precision(prob_positive, labels) -> float:
     """BAH's AP of class 1 (the thresholded trapezoid of spec §6.2, not sklearn's AP)."""
-    p = np.asarray(prob_positive)
+    p = _array(prob_positive, "prob_positive")
     y = _binary(labels, "labels")
     if p.ndim != 1 or p.shape != y.shape:
         raise ValueError(f"prob_positive must be 1-D like labels {y.shape}, got shape {p.shape}")

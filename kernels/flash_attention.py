@@ -78,13 +78,14 @@ def flash_attention(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_arrays(q, k, v)
     if dtype is not None:
         q, k, v = (x.astype(dtype) for x in (q, k, v))
     if module is not None:
         raise NotImplementedError("flash_attention does not sow attention weights (module=...)")
     if dropout_rate > 0.0 and not deterministic:
         raise NotImplementedError("flash_attention has no attention dropout; use dropout_rate=0 or deterministic=True")
-    _check_inputs(q, k, v, kv_lengths)
+    _check_inputs(q, k, v, kv_lengths, scale)
     if backend == "auto":
         backend = "triton" if jax.default_backend() == "gpu" else "xla"
     if backend == "xla":
@@ -121,7 +122,13 @@ def flash_attention(
     return out.reshape(*batch, sq, h, d)
 
 
-def _check_inputs(q, k, v, kv_lengths) -> None:
+def _check_arrays(q, k, v) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not (hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "astype")):
+            raise ValueError(f"{name} must be an array [B, S, H, D], got {type(x).__name__}")
+
+
+def _check_inputs(q, k, v, kv_lengths, scale) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim < 4:
             raise ValueError(f"{name} must be [B, S, H, D] (or with more leading batch axes), got shape {x.shape}")
@@ -132,14 +139,24 @@ def _check_inputs(q, k, v, kv_lengths) -> None:
             f"q {q.shape} and k {k.shape} must share batch axes, heads and head dim ([B, Sq, H, D] vs [B, Sk, H, D])"
         )
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"dtype {q.dtype} is not supported: use float32, float16 or bfloat16")
+        raise ValueError(f"q, k, v: dtype {q.dtype} is not supported: use float32, float16 or bfloat16")
     block_d(q.shape[-1])  # raises for an unsupported head dim
+    if scale is not None and not isinstance(scale, jax.core.Tracer):
+        try:
+            ok = not isinstance(scale, (str, bytes)) and math.isfinite(float(scale))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
     if kv_lengths is not None:
-        lens = jnp.asarray(kv_lengths)
+        try:
+            lens = jnp.asarray(kv_lengths)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"kv_lengths must be an integer array, got {type(kv_lengths).__name__}: {err}") from None
         if not jnp.issubdtype(lens.dtype, jnp.integer):
-            raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
+            raise ValueError(f"kv_lengths must be integers, got {lens.dtype}")
         if lens.shape not in (q.shape[:-3], ()):
             raise ValueError(f"kv_lengths must have the batch shape {q.shape[:-3]}, got {lens.shape}")
 

@@ -93,7 +93,7 @@ def xla_attention(
         raise ValueError(f"incompatible q/k/v shapes {q.shape}, {k.shape}, {v.shape} ([..., S, H, D])")
     lens = None if lengths is None else jnp.asarray(lengths)
     if lens is not None and not jnp.issubdtype(lens.dtype, jnp.integer):
-        raise TypeError(f"kv_lengths must be integers, got {lens.dtype}")
+        raise ValueError(f"kv_lengths must be integers, got {lens.dtype}")
     sq, sk = q.shape[-3], k.shape[-3]
     out_dtype = q.dtype
     if sk == 0:  # no key at all: every row sees nothing (zeros, and so zero gradients)

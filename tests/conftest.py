@@ -8,12 +8,20 @@ from pathlib import Path
 
 import jax
 import pytest
+from hypothesis import HealthCheck, settings
 
 # Triton fixes interpreter-or-compiled when it is first imported, and some test modules import it at
 # collection: on a machine without a GPU, choose the interpreter before any of them (as the kernels do
 # at their first call).
 if "TRITON_INTERPRET" not in os.environ and jax.default_backend() != "gpu":
     os.environ["TRITON_INTERPRET"] = "1"
+
+# Property-based tests (tests/test_properties.py): the default profile keeps the default run short; the
+# "slow" profile (pytest -m slow --hypothesis-profile=slow) tries many more malformed inputs.
+_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("default", max_examples=12, deadline=None, suppress_health_check=_SUPPRESSED)
+settings.register_profile("slow", max_examples=200, deadline=None, suppress_health_check=_SUPPRESSED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -164,3 +164,52 @@ def test_train_list_and_eval_errors(tmp_path, capsys) -> None:
     (tmp_path / "config.json").write_text('{"kind": "text", "lr": 0.1, "momentum": 0.9}')
     assert main(["eval", str(tmp_path)]) == 2
     assert "unknown text configuration keys ['momentum']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], "the following arguments are required: command"),
+        (["train", "--config", "nope"], "unknown configuration 'nope'"),
+        (["train", "--set", "epochs=abc"], "--set 'epochs=abc': 'abc' is not a valid int"),
+        (["train", "--set", "nokey=1"], "--set 'nokey=1': expected KEY=VALUE"),
+        (["train", "--set", "epochs=-1"], "invalid configuration: epochs must be >= 1, got -1"),
+        (["train", "--set", "lr=nan"], "invalid configuration: lr must be a finite number > 0, got nan"),
+        (["train", "--set", "gamma=2"], "invalid configuration: gamma must be a finite number in (0, 1], got 2.0"),
+        (["train", "--num-processes", "2"], "--coordinator, --num-processes and --process-id go together"),
+        (["train", "--workdir", "{file}"], "work directory {file} is a file, not a folder"),
+        (["train", "--config", "meld-text-lora", "--data-dir", "{missing}"], "MELD folder {missing}"),
+        (["train", "--config", "synthetic-text", "--manual-dir", "x"], "--manual-dir does not apply"),
+        (["eval", "{file}"], "is missing: is {file} a jax-cer train work directory?"),
+        (["report", "{missing}"], "results folder {missing} does not exist"),
+        (["repro", "--only", "nope"], "unknown golden case(s) ['nope']"),
+        (["bench", "--rounds", "0"], "0 is not a positive number of rounds"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, says, tmp_path, monkeypatch, capsys) -> None:
+    """Every mistake in a command line, or in the files it names, ends with exit status 2 and one
+    line on stderr that says what is wrong, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    names = {"file": "afile", "missing": str(tmp_path / "missing")}
+    argv = [a.format(**names) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says.format(**names) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_internal_error_keeps_its_traceback(monkeypatch) -> None:
+    """Only user errors become one line: a bug in the package still shows where it happened."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal")
+
+    monkeypatch.setattr("jax_cer.cli.evaluate_checkpoint", broken)
+    monkeypatch.setattr("jax_cer.cli.read_run_config", lambda workdir: None)
+    with pytest.raises(RuntimeError, match="internal"):
+        main(["eval", "somewhere"])

@@ -93,6 +93,8 @@ def prepare_workdir(workdir: str | Path, cfg_json: dict, resume: bool) -> Path:
     ``RUNTIME_FIELDS`` (the device count) may change between launches.
     """
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"work directory {workdir} is a file, not a folder")
     cfg_path = workdir / "config.json"
     if resume:
         if cfg_path.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,33 @@ OPTIMIZERS = ("sgd", "adamw", "so")
 MODELS = ("lfan", "can", "mt", "jmt")
 SUPERVISION = ("frame", "global")
 VIDEO_RULES = ("vote", "mean_logits", "mean_probs")
+
+
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _check_fields(cfg: Any, ranges: Mapping[str, tuple[float, float, str]]) -> None:
+    """Each field holds its declared type (an int where an int is declared, not a bool or a string:
+    ``config.json`` files are edited by hand), and each float of ``ranges`` is finite and within
+    ``(low, high, how)``; a float field given as an integer becomes a float."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if kind.startswith("tuple"):
+            ok = isinstance(value, tuple)
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok:
+                object.__setattr__(cfg, f.name, float(value))
+        else:
+            ok = type(value) is {"int": int, "bool": bool, "str": str}[kind]
+        if not ok:
+            raise ValueError(f"{f.name} must be {_KINDS.get(kind, 'a list')}, got {value!r}")
+    for name, (low, high, how) in ranges.items():
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or not low <= value <= high or (how == "positive" and value == 0):
+            opening = "(" if how == "positive" else "["
+            bounds = f"in {opening}{low:g}, {high:g}]" if math.isfinite(high) else ("> 0" if how else ">= 0")
+            raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
 
 
 def metric_names(task: str, ignore_class: int | None = None) -> tuple[str, ...]:
@@ -98,6 +126,16 @@ class TrainConfig:
     synthetic_lengths: tuple[int, int] = (80, 400)
 
     def __post_init__(self) -> None:
+        _check_fields(
+            self,
+            {
+                "lr": (0, math.inf, "positive"),
+                "weight_decay": (0, math.inf, ""),
+                "gamma": (0, 1, "positive"),
+                "min_lr": (0, math.inf, ""),
+                "density": (0, 1, "positive"),
+            },
+        )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.model not in MODELS:
@@ -249,6 +287,19 @@ class TextTrainConfig:
     keep: int = 1
 
     def __post_init__(self) -> None:
+        _check_fields(
+            self,
+            {
+                "lr": (0, math.inf, "positive"),
+                "weight_decay": (0, math.inf, ""),
+                "clip_norm": (0, math.inf, ""),
+                "warmup": (0, 1, ""),
+                "classifier_dropout": (0, 1, ""),
+                "lora_alpha": (0, math.inf, "positive"),
+                "lora_dropout": (0, 1, ""),
+                "density": (0, 1, "positive"),
+            },
+        )
         if self.dataset not in ("meld", "synthetic"):
             raise ValueError(f"dataset must be 'meld' or 'synthetic', got {self.dataset!r}")
         if self.method not in TEXT_METHODS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from jax_cer.models import (
     to_original_state_dict,
     torch_entries,
 )
+from jax_cer.models.convert import HEAD_KEYS, _infer_config
 from jax_cer.parity.weights import draw_state_dict
 from tests.conftest import IR50_PARAMS, STATE_DICT_ENTRIES, TRAINABLE, read_tsv
 
@@ -94,6 +96,78 @@ def test_tcn_channels_read_from_checkpoint() -> None:
     assert model.config.channels == (64, 64, 32) and model.config.num_inputs == 128
 
 
+@pytest.mark.parametrize(
+    ("drop", "block"),
+    [
+        (r"network\.0\.(conv1|net\.0)\.weight_v", 0),  # the key and its duplicate
+        (r"network\.2\.(conv1|net\.0)\.weight_v", 2),
+        (r"network\.1\..*", 1),  # a whole block between two others
+    ],
+)
+def test_tcn_configuration_key_is_named_first(drop: str, block: int) -> None:
+    """The TCN's channels, input size and kernel size are read from each block's conv1.weight_v: without
+    it the error names that key, instead of building defaults and listing every other key as misshapen."""
+    sd = _draw("tcn", num_inputs=4, channels=(8, 8, 6))
+    sd = {k: v for k, v in sd.items() if not re.fullmatch(drop, k)}
+    with pytest.raises(StateDictError) as err:
+        from_original_state_dict("tcn", sd)
+    assert str(err.value) == (
+        f"state dict does not match model 'tcn': missing key network.{block}.conv1.weight_v "
+        "(the configuration is read from it)"
+    )
+
+
+def test_tcn_configuration_key_without_three_axes() -> None:
+    sd = {**_draw("tcn", num_inputs=4, channels=(8,)), "network.0.conv1.weight_v": np.zeros(5, np.float32)}
+    with pytest.raises(StateDictError) as err:
+        from_original_state_dict("tcn", sd)
+    assert str(err.value) == (
+        "state dict does not match model 'tcn': network.0.conv1.weight_v has shape [5], expected "
+        "[out_channels, in_channels, kernel_size] (the configuration is read from it)"
+    )
+
+
+def test_tcn_configuration_read_from_the_duplicate() -> None:
+    """conv1.weight_v missing but its duplicate net.0.weight_v present: the configuration is read from the
+    duplicate and the error lists the one missing key."""
+    sd = _draw("tcn", num_inputs=4, channels=(8, 6))
+    del sd["network.0.conv1.weight_v"]
+    with pytest.raises(StateDictError) as err:
+        from_original_state_dict("tcn", sd)
+    problems = str(err.value).splitlines()[1:-1]
+    assert problems == ["  missing keys (1): ['network.0.conv1.weight_v']"]
+    assert "TCNConfig({'num_inputs': 4, 'channels': (8, 6)," in str(err.value)
+
+
+@pytest.mark.parametrize("name", [*FUSION, "ir50"])
+def test_head_size_read_from_weight_or_bias(name: str) -> None:
+    """num_classes (num_head_classes for ir50) is read from the head's weight, else its bias (real keys
+    of the original listings); a head weight without axes is left to the strict check (no IndexError)."""
+    weight = HEAD_KEYS.get(name, "logits.weight")
+    bias = weight.removesuffix("weight") + "bias"
+    keys = [row[0] for row in read_tsv(name if name in FUSION else "can")]
+    prefix = "" if name in FUSION else "spatial.visual."  # the IR-50 inside every fusion model
+    assert prefix + weight in keys and prefix + bias in keys
+    field = "num_head_classes" if name == "ir50" else "num_classes"
+    assert _infer_config(name, {weight: np.zeros((3, 4)), bias: np.zeros(3)}, {}, "x")[field] == 3
+    assert _infer_config(name, {bias: np.zeros(2)}, {}, "x")[field] == 2
+    assert field not in _infer_config(name, {weight: np.zeros(())}, {}, "x")
+    assert _infer_config(name, {bias: np.zeros(2)}, {field: 5}, "x")[field] == 5
+
+
+def test_missing_head_weight_is_the_only_problem() -> None:
+    """A 2-class CAN without fc2.weight: built with 2 classes (from fc2.bias), one missing key, no shape error."""
+    sd = {
+        e.key: np.zeros(e.torch_shape, np.int64 if e.torch_dtype == "int64" else np.float32)
+        for e in _entries("can", num_classes=2)
+    }
+    del sd["fc2.weight"]
+    with pytest.raises(StateDictError) as err:
+        from_original_state_dict("can", sd)
+    assert str(err.value).splitlines()[1] == "  missing keys (1): ['fc2.weight']"
+    assert "shape" not in str(err.value) and "'num_classes': 2" in str(err.value)
+
+
 def test_every_problem_is_named_at_once() -> None:
     sd = _draw("can")
     del sd["fc1.bias"]
@@ -151,6 +225,18 @@ def test_file_formats_without_torch(tmp_path: Path, fmt: str) -> None:
 def test_file_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="state dict file not found"):
         load_state_dict_file(tmp_path / "missing.pt")
+    folder = tmp_path / "model.pt"
+    folder.mkdir()
+    for load in (load_state_dict_file, lambda p: from_original_state_dict("tcn", p)):
+        with pytest.raises(StateDictError) as err:
+            load(folder)
+        assert str(err.value) == (
+            f"{folder} is a directory, expected a state dict file (.pt/.pth/.bin/.ckpt, .npz or .safetensors)"
+        )
+    with pytest.raises(StateDictError, match=rf"^{re.escape(str(tmp_path))} is a directory, expected the path of"):
+        statedict.save_state_dict_npz({}, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*x.npz: the directory .*nowhere does not exist"):
+        statedict.save_state_dict_npz({}, tmp_path / "nowhere" / "x.npz")
     bad = tmp_path / "weights.h5"
     bad.write_bytes(b"x")
     with pytest.raises(StateDictError, match="unknown state dict format '.h5'"):

@@ -13,6 +13,7 @@ from flax import nnx
 from jax_cer.kernels import flash_attention
 from jax_cer.models import build_model, config_for, sliding_window_logits
 from jax_cer.models.attention import dot_product_attention
+from jax_cer.models.graph import run_stages
 from jax_cer.models.layers import BatchNorm
 from jax_cer.parity.attention import attention64
 from jax_cer.parity.tolerances import TOLERANCES
@@ -201,14 +202,100 @@ def test_backbone_frozen_unless_faithful(follows: bool) -> None:
             r"input 'bert': expected shape \[B, T, 768\], got \[2, 16, 700\]",
         ),
         (lambda x: {**x, "bert": x["bert"][:, :8]}, r"input 'bert': batch and time \[2, 8\] differ"),
-        (lambda x: {**x, "vggish": x["vggish"].astype(jnp.int32)}, r"input 'vggish': expected a floating dtype"),
+        (
+            lambda x: {**x, "vggish": x["vggish"].astype(jnp.int32)},
+            r"input 'vggish': dtype int32, expected floating point \(float16, bfloat16, float32 or float64; "
+            r"the model computes in float32\)",
+        ),
+        (lambda x: {**x, "bert": x["bert"].tolist()}, r"input 'bert': expected a numpy or jax array, got list"),
         (lambda x: {**x, "video": jnp.zeros((2, 16, 48, 48, 3))}, r"expected face frames of shape \[B, T, 40, 40, 3\]"),
         (lambda x: list(x.values()), "inputs must be a dict"),
     ],
 )
 def test_bad_inputs_are_named(models, change, message: str) -> None:
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(ValueError, match=message):
         models["can"](change(_inputs(2, 16)))
+
+
+def _call_with(models, name: str, x):
+    """Calls model ``name`` with ``x`` as its ``vggish`` input (fusion models), its ``x`` (tcn) or its
+    frames (ir50, the fusion models' backbone); returns the call and the name its errors use."""
+    if name == "tcn":
+        return lambda: models["tcn"](x), "TCN input 'x'"
+    if name == "ir50":
+        return lambda: models["can"].spatial.visual(x), "frames"
+    inputs = {**_inputs(1, 4), "vggish": x}
+    return lambda: models[name](inputs), "input 'vggish'"
+
+
+def _input_for(name: str, dtype=np.float32) -> np.ndarray:
+    """A valid input of ``name`` for :func:`_call_with`, values in [-1, 1] (frames for ir50)."""
+    shape = {"tcn": (1, 4, 512), "ir50": (1, 40, 40, 3)}.get(name, (1, 4, 128))
+    return np.random.default_rng(0).uniform(-1, 1, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name", ["tcn", "ir50", "lfan", "can", "mt", "jmt"])
+@pytest.mark.parametrize(
+    ("dtype", "value", "message"),
+    [
+        (np.float64, 1e39, r"holds values up to 1e\+39, beyond float32's range \(3.4e\+38\): they would become inf"),
+        (np.float64, -1e300, r"holds values up to 1e\+300, beyond float32's range \(3.4e\+38\)"),
+        (np.float64, np.nan, r"holds NaN at index \[{index}\] \(1 NaN/inf value in all\)"),
+        (np.float32, -np.inf, r"holds -inf at index \[{index}\] \(1 NaN/inf value in all\)"),
+    ],
+)
+def test_non_finite_or_out_of_range_inputs_are_named(models, name: str, dtype, value: float, message: str) -> None:
+    """Values float32 cannot hold, NaN and inf are refused before they reach the model, naming the argument
+    (a float64 1e39 would otherwise become inf in float32 and the logits NaN)."""
+    index = (0, 2, 3, 1) if name == "ir50" else (0, 2, 3)
+    x = _input_for(name, dtype)
+    x[index] = value
+    call, arg = _call_with(models, name, x)
+    with pytest.raises(ValueError, match=f"^{arg}: " + message.format(index=", ".join(map(str, index)))):
+        call()
+
+
+@pytest.mark.parametrize("name", ["tcn", "ir50", "can"])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_])
+def test_integer_and_bool_inputs_are_refused(models, name: str, dtype) -> None:
+    """No silent cast: uint8 frames in [0, 255] instead of [-1, 1] are a likely mistake."""
+    call, arg = _call_with(models, name, _input_for(name, dtype))
+    dt = np.dtype(dtype).name
+    with pytest.raises(ValueError, match=rf"^{arg}: dtype {dt}, expected floating point \(float16, bfloat16"):
+        call()
+
+
+def test_traced_inputs_are_not_checked_by_value() -> None:
+    """Under jax.jit the values are unknown: no check, no error, no cost (only shapes and dtypes)."""
+    tcn = build_model("tcn", num_inputs=3, channels=(4,), rngs=nnx.Rngs(0))
+    x = np.zeros((1, 5, 3), np.float32)
+    x[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="holds NaN"):
+        tcn(x)
+    assert np.isnan(np.asarray(jax.jit(lambda x: tcn(x))(x))).any()
+    with pytest.raises(ValueError, match=r"TCN input 'x': dtype int32"):
+        jax.jit(lambda x: tcn(x))(np.zeros((1, 5, 3), np.int32))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("name", ["tcn", *(pytest.param(n, marks=pytest.mark.slow) for n in ("ir50", "can", "jmt"))])
+def test_16_bit_inputs_give_their_float32_cast_result(models, name: str, dtype) -> None:
+    """The models compute in their parameters' dtype (float32): a 16-bit input is upcast exactly.
+    (The fusion models and the IR-50 cost seconds of eager compilation on a CPU: slow.)"""
+    x = jnp.asarray(_input_for(name), dtype)
+    got, _ = _call_with(models, name, x)
+    want, _ = _call_with(models, name, x.astype(jnp.float32))
+    out = got()
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, want())
+
+
+def test_16_bit_inputs_through_the_stage_graph() -> None:
+    """The stage graph (the trainer's and the parity checks' forward) casts too."""
+    tcn = build_model("tcn", num_inputs=3, channels=(4, 4), rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 3)), jnp.bfloat16)
+    stages, out = tcn.graph({"x": x.shape})
+    np.testing.assert_array_equal(run_stages(stages, {"x": x})[out], tcn(x.astype(jnp.float32)))
 
 
 @pytest.mark.parametrize(("name", "calls"), [("lfan", 1), ("can", 0), ("mt", 6), ("jmt", 11)])
@@ -253,7 +340,7 @@ def test_config_presets_hold_the_original_defaults() -> None:
     assert config_for("can", "c-expr-db-other").num_classes == 8
     with pytest.raises(ValueError, match="unknown dataset 'affwild'"):
         config_for("can", "affwild")
-    with pytest.raises(TypeError, match="has no field"):
+    with pytest.raises(ValueError, match="has no field"):
         config_for("can", window_length=3)
     with pytest.raises(ValueError, match="MT/JMT need the modality 'vggish'"):
         config_for("mt", modalities=("video", "bert"))

@@ -198,7 +198,7 @@ def config_for(name: str, dataset: str = "c-expr-db", **overrides):
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"{cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}")
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}")
     if issubclass(cls, FusionConfig) and "num_classes" not in overrides:
         if dataset not in DATASET_CLASSES:
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_CLASSES)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,7 +71,7 @@ def model_name_of(model: Any) -> str:
     for name, cls in MODEL_CLASSES.items():
         if type(model) is cls:
             return name
-    raise TypeError(f"not a jax_cer model: {type(model).__name__}")
+    raise ValueError(f"not a jax_cer model: {type(model).__name__}")
 
 
 def build_model(name_or_config, *, rngs: nnx.Rngs | None = None, attention_fn: AttentionFn | None = None, **config):
@@ -82,7 +83,7 @@ def build_model(name_or_config, *, rngs: nnx.Rngs | None = None, attention_fn: A
         cfg = name_or_config
     name = next((n for n, c in CONFIG_CLASSES.items() if type(cfg) is c), None)
     if name is None:
-        raise TypeError(f"not a model config: {type(cfg).__name__}")
+        raise ValueError(f"not a model config: {type(cfg).__name__}")
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     cls = MODEL_CLASSES[name]
     if name in ("tcn", "ir50"):
@@ -121,26 +122,65 @@ def torch_entries(model: nnx.Module) -> list[Entry]:
 
 
 # -- import / export -----------------------------------------------------------------------
-def _infer_config(name: str, sd: Mapping[str, np.ndarray], config: dict) -> dict:
-    """Fills what the checkpoint itself says: the number of classes (fusion models), the head
-    size (ir50) and the TCN's channels (tcn). Everything else comes from ``config`` defaults."""
+def _leading_dim(sd: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> int | None:
+    """The size of the first axis of the first of ``keys`` in ``sd`` that has one, else None."""
+    for key in keys:
+        if key in sd and np.ndim(sd[key]) >= 1:
+            return int(np.shape(sd[key])[0])
+    return None
+
+
+def _infer_tcn_config(sd: Mapping[str, np.ndarray], config: dict, source: str) -> dict:
+    """The TCN's ``num_inputs``, ``kernel_size`` (block 0) and ``channels`` (every block) not given
+    in ``config``, read from each block's ``conv1.weight_v`` (or its duplicate ``net.0.weight_v``).
+
+    A state dict with ``network.<j>.*`` keys whose block lacks that weight raises a
+    :class:`StateDictError` naming it: built from defaults, every other key would report a shape
+    error. Without any ``network.<j>.*`` key, the defaults stay and the strict check lists the keys.
+    """
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"network\.(\d+)\.", k))}
+    wanted = {"num_inputs", "kernel_size", "channels"} - set(config)
+    if not blocks or not wanted:
+        return config
+    channels = []
+    for j in range(max(blocks) + 1 if "channels" in wanted else 1):
+        key = f"network.{j}.conv1.weight_v"
+        present = [k for k in (key, f"network.{j}.net.0.weight_v") if k in sd]
+        if not present:
+            raise StateDictError(
+                f"{source} does not match model 'tcn': missing key {key} (the configuration is read from it)"
+            )
+        shape = np.shape(sd[present[0]])
+        if len(shape) != 3:
+            raise StateDictError(
+                f"{source} does not match model 'tcn': {present[0]} has shape {list(shape)}, expected "
+                "[out_channels, in_channels, kernel_size] (the configuration is read from it)"
+            )
+        if j == 0:
+            config.setdefault("num_inputs", int(shape[1]))
+            config.setdefault("kernel_size", int(shape[2]))
+        channels.append(int(shape[0]))
+    if "channels" in wanted:
+        config["channels"] = tuple(channels)
+    return config
+
+
+def _infer_config(name: str, sd: Mapping[str, np.ndarray], config: dict, source: str) -> dict:
+    """Fills what the checkpoint itself says: the number of classes (fusion models, from the
+    head's weight or bias), the head size (ir50) and the TCN's channels, input size and kernel
+    size (tcn). Everything else comes from ``config`` defaults."""
     config = dict(config)
-    if name in HEAD_KEYS and "num_classes" not in config and HEAD_KEYS[name] in sd:
-        config["num_classes"] = int(np.shape(sd[HEAD_KEYS[name]])[0])
-    if name == "ir50" and "num_head_classes" not in config and "logits.weight" in sd:
-        config["num_head_classes"] = int(np.shape(sd["logits.weight"])[0])
-    if name == "tcn" and "channels" not in config:
-        channels, j = [], 0
-        while f"network.{j}.conv1.weight_v" in sd:
-            shape = np.shape(sd[f"network.{j}.conv1.weight_v"])
-            if len(shape) == 3:
-                channels.append(int(shape[0]))
-                if j == 0:
-                    config.setdefault("num_inputs", int(shape[1]))
-                    config.setdefault("kernel_size", int(shape[2]))
-            j += 1
-        if channels:
-            config["channels"] = tuple(channels)
+    if name in HEAD_KEYS and "num_classes" not in config:
+        head = HEAD_KEYS[name]
+        k = _leading_dim(sd, (head, head.removesuffix("weight") + "bias"))
+        if k is not None:
+            config["num_classes"] = k
+    if name == "ir50" and "num_head_classes" not in config:
+        k = _leading_dim(sd, ("logits.weight", "logits.bias"))
+        if k is not None:
+            config["num_head_classes"] = k
+    if name == "tcn":
+        config = _infer_tcn_config(sd, config, source)
     return config
 
 
@@ -155,11 +195,13 @@ def from_original_state_dict(
     original-layout state dict.
 
     ``state_dict``: a mapping of original keys to arrays (numpy, torch tensors, ...) or a path
-    to a ``.pt``/``.pth``, ``.npz`` or ``.safetensors`` file. ``config``: fields of the model's
-    config dataclass (see :mod:`jax_cer.models.configs`); ``num_classes`` (and the TCN's
-    channels) are read from the checkpoint unless given. Strict: raises
-    :class:`StateDictError` naming every missing, unexpected, misshapen, mistyped, non-finite
-    or inconsistent duplicate key. The model is returned in inference mode.
+    to a ``.pt``/``.pth``/``.bin``/``.ckpt``, ``.npz`` or ``.safetensors`` file. ``config``: fields
+    of the model's config dataclass (see :mod:`jax_cer.models.configs`); unless given, these are
+    read from the checkpoint: ``num_classes`` (the head's weight, else its bias), the IR-50's
+    ``num_head_classes`` and the TCN's ``channels``, ``num_inputs`` and ``kernel_size`` (each
+    block's ``conv1.weight_v`` or its duplicate; a TCN checkpoint without it is refused naming that
+    key). Strict: raises :class:`StateDictError` naming every missing, unexpected, misshapen,
+    mistyped, non-finite or inconsistent duplicate key. The model is returned in inference mode.
     """
     if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODEL_CLASSES)}")
@@ -168,12 +210,13 @@ def from_original_state_dict(
         source = str(state_dict)
         state_dict = load_state_dict_file(state_dict)
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping or a file path, got {type(state_dict).__name__}")
+        raise ValueError(f"state_dict must be a mapping or a file path, got {type(state_dict).__name__}")
     sd = {str(k): to_numpy(v, str(k), source) for k, v in state_dict.items()}
-    cfg = config_for(name, **_infer_config(name, sd, config))
+    cfg = config_for(name, **_infer_config(name, sd, config, source))
     model = nnx.eval_shape(lambda: build_model(cfg, attention_fn=attention_fn))
     entries = torch_entries(model)
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    fields = {k: dict(v) if isinstance(v, Mapping) else v for k, v in fields.items()}  # one line, not FrozenDict's
     hint = f"\n  built with {type(cfg).__name__}({fields}); pass config overrides if the checkpoint differs"
     check_state_dict(entries, sd, source=source, target=f"model {name!r}", key_hint=hint)
     load_entries(model, entries, sd)

@@ -18,7 +18,7 @@ from jax_cer.kernels.xla import AttentionFn, dot_product_attention
 from jax_cer.models.configs import FusionConfig, IR50Config
 from jax_cer.models.graph import Stage, run_stages
 from jax_cer.models.ir50 import IR50, check_frames
-from jax_cer.models.layers import BatchNorm
+from jax_cer.models.layers import BatchNorm, check_input
 from jax_cer.models.tcn import TCN
 
 
@@ -41,6 +41,11 @@ class FusionModel(nnx.Module):
     original modules: ``temporal.video``, ``bn.video``, ``fuse.CA_av``, ...). Models start in
     inference mode; ``model.train()`` enables dropout (pass ``rngs=nnx.Rngs(dropout=...)``) and
     batch-statistic BatchNorm.
+
+    Inputs may have any floating dtype: the model computes in its parameters' dtype (float32) and
+    casts them to it, so float16 / bfloat16 inputs give the result of their float32 cast. Integer
+    or bool inputs, NaN, inf, and float64 values beyond float32's range are a ValueError naming
+    the modality (values are checked when concrete; under ``jax.jit`` only shapes and dtypes).
     """
 
     output_key: str = "logits"
@@ -70,11 +75,16 @@ class FusionModel(nnx.Module):
         )
 
     # -- forward ---------------------------------------------------------------------------
+    def input_dtype(self, modality: str, frames: bool = False) -> jnp.dtype:
+        """The dtype the model computes ``modality`` in (its first layer's parameters'); inputs are cast to it."""
+        return self.spatial.visual.input_dtype() if frames else self.temporal[modality].input_dtype()
+
     def check_inputs(self, inputs: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        """Validates the input dict; returns its shapes. Errors name the modality and shape."""
+        """Validates the input dict (see the class docstring); returns its shapes. Errors name the
+        modality and what is wrong (shape, dtype, a NaN/inf and where, a value beyond the range)."""
         cfg = self.config
         if not isinstance(inputs, Mapping):
-            raise TypeError(f"inputs must be a dict modality -> array, got {type(inputs).__name__}")
+            raise ValueError(f"inputs must be a dict modality -> array, got {type(inputs).__name__}")
         missing = [m for m in self.required_modalities() if m not in inputs]
         unexpected = [k for k in inputs if k not in cfg.modalities]
         if missing or unexpected:
@@ -84,10 +94,10 @@ class FusionModel(nnx.Module):
             )
         shapes, bt = {}, None
         for m, x in inputs.items():
+            frames = m == "video" and len(getattr(x, "shape", ())) == 5
+            check_input(x, f"input {m!r}", self.input_dtype(m, frames))
             shape = tuple(x.shape)
-            if not jnp.issubdtype(x.dtype, jnp.floating):
-                raise TypeError(f"input {m!r}: expected a floating dtype, got {x.dtype}")
-            if m == "video" and len(shape) == 5:
+            if frames:
                 check_frames(shape, "input 'video'", batch_dims=2)
             elif len(shape) != 3 or shape[-1] != cfg.input_dims[m]:
                 extra = " or raw frames [B, T, 40, 40, 3]" if m == "video" else ""

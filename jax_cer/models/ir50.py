@@ -15,7 +15,7 @@ from flax import nnx
 
 from jax_cer.models.configs import IR50Config
 from jax_cer.models.graph import Stage
-from jax_cer.models.layers import BatchNorm, Conv2d, Dropout, Linear, PReLU
+from jax_cer.models.layers import BatchNorm, Conv2d, Dropout, Linear, PReLU, check_input
 from jax_cer.statedict.rules import IDENTITY, nchw_flatten_linear
 
 FRAME_SIZE = 40
@@ -122,6 +122,7 @@ class Backbone(nnx.Module):
         ] + [(f"body.{u}", ("body", u), None) for u in range(len(self.body))]
 
     def input_layer(self, x: jax.Array, frozen: bool = False) -> jax.Array:
+        x = jnp.asarray(x, self.input_conv.kernel.get_value().dtype)  # computes in the parameters' dtype
         return self.input_prelu(_run(self.input_bn, self.input_conv(x), frozen))
 
     def output_layer(self, x: jax.Array, frozen: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -146,7 +147,10 @@ class IR50(nnx.Module):
 
     ``model(frames)`` maps ``[N, 40, 40, 3]`` frames in [-1, 1] to L2-normalised ``[N, 512]``
     features. ``frozen=True`` forces inference behaviour (running statistics, no dropout)
-    whatever the module's train/eval mode.
+    whatever the module's train/eval mode. Frames of any floating dtype are cast to the
+    parameters' dtype (float32); integer or bool frames (e.g. uint8 not scaled to [-1, 1]), NaN,
+    inf, or float64 values beyond float32's range are a ValueError (values are checked when
+    concrete, not under ``jax.jit``).
     """
 
     def __init__(self, config: IR50Config | None = None, *, rngs: nnx.Rngs):
@@ -157,6 +161,10 @@ class IR50(nnx.Module):
 
     def torch_children(self):
         return [("backbone", ("backbone",), None), ("logits", ("logits",), None)]
+
+    def input_dtype(self) -> jnp.dtype:
+        """The dtype the backbone computes in (its parameters'); frames are cast to it."""
+        return self.backbone.input_conv.kernel.get_value().dtype
 
     def stages(self, prefix: str, source: str, frozen: bool = False, rngs: nnx.Rngs | None = None) -> list[Stage]:
         """Stages ``{prefix}backbone.input_layer``, ``...body.<u>``, ``...output_layer`` (pre-L2)
@@ -181,6 +189,7 @@ class IR50(nnx.Module):
         return stages, "logits"
 
     def __call__(self, frames: jax.Array, frozen: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        check_input(frames, "frames", self.input_dtype())
         check_frames(frames.shape, "frames", batch_dims=1)
         return l2_normalize(self.backbone(frames, frozen, rngs))
 

@@ -40,6 +40,52 @@ Array = jax.Array
 LEAKY_SLOPE = 0.01
 
 
+@jax.jit
+def _extrema(x: Array) -> Array:
+    """``[min, max]`` of ``x`` in one dispatch (NaN if ``x`` holds one)."""
+    return jnp.stack([jnp.min(x), jnp.max(x)])
+
+
+def check_input(x: Any, name: str, dtype: Any) -> None:
+    """Raises ValueError unless ``x`` is a floating-point array that a model computing in ``dtype``
+    (its parameters' dtype) can take.
+
+    Any floating dtype is accepted (the models cast their input to ``dtype``; float16 and bfloat16
+    are upcast exactly); integer and bool arrays are refused (e.g. uint8 frames not scaled to
+    [-1, 1]). Concrete values must be finite and within ``dtype``'s range (a float64 ``1e39``
+    would become inf in float32). Traced values (under ``jax.jit``) cannot be read and are only
+    checked for their dtype. ``name`` names the argument in the message.
+    """
+    try:
+        x_dtype = jnp.dtype(x.dtype)
+        shape = tuple(x.shape)
+    except (AttributeError, TypeError):
+        raise ValueError(f"{name}: expected a numpy or jax array, got {type(x).__name__}") from None
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(x_dtype, jnp.floating):
+        raise ValueError(
+            f"{name}: dtype {x_dtype}, expected floating point (float16, bfloat16, float32 or float64; "
+            f"the model computes in {dtype})"
+        )
+    if isinstance(x, jax.core.Tracer) or not math.prod(shape):
+        return
+    lo, hi = (float(v) for v in (np.asarray(_extrema(x)) if isinstance(x, jax.Array) else (np.min(x), np.max(x))))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        values = np.asarray(x).astype(np.float64)
+        bad = ~np.isfinite(values)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        value = values[first]
+        what = "NaN" if np.isnan(value) else "inf" if value > 0 else "-inf"
+        n = int(bad.sum())
+        raise ValueError(f"{name}: holds {what} at index {list(first)} ({n} NaN/inf value{'s' * (n > 1)} in all)")
+    limit = float(jnp.finfo(dtype).max)
+    if max(-lo, hi) > limit:
+        raise ValueError(
+            f"{name}: holds values up to {max(-lo, hi):.3g}, beyond {dtype}'s range ({limit:.3g}): "
+            "they would become inf"
+        )
+
+
 def leaky_relu(x: Array) -> Array:
     """LeakyReLU with PyTorch's default slope 0.01."""
     return jnp.where(x >= 0, x, LEAKY_SLOPE * x)

@@ -14,11 +14,12 @@ block: ``conv1.*``, ``conv2.*``, their duplicates ``net.0.*`` / ``net.4.*`` and
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jax_cer.models.configs import TCNConfig
 from jax_cer.models.graph import Stage
-from jax_cer.models.layers import Conv1d, Dropout, WeightNormCausalConv1d, leaky_relu
+from jax_cer.models.layers import Conv1d, Dropout, WeightNormCausalConv1d, check_input, leaky_relu
 
 
 class TemporalBlock(nnx.Module):
@@ -43,6 +44,7 @@ class TemporalBlock(nnx.Module):
         return children
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = jnp.asarray(x, self.conv1.v.get_value().dtype)  # computes in the parameters' dtype
         h = self.dropout1(leaky_relu(self.conv1(x)), rngs)
         h = self.dropout2(leaky_relu(self.conv2(h)), rngs)
         res = x if self.downsample is None else self.downsample(x)
@@ -50,7 +52,13 @@ class TemporalBlock(nnx.Module):
 
 
 class TCN(nnx.Module):
-    """A stack of :class:`TemporalBlock` (``network.<j>``), ``[B, T, C_in] -> [B, T, channels[-1]]``."""
+    """A stack of :class:`TemporalBlock` (``network.<j>``), ``[B, T, C_in] -> [B, T, channels[-1]]``.
+
+    The input may have any floating dtype; it is cast to the parameters' dtype (float32), so
+    float16 / bfloat16 features give the result of their float32 cast. Integer or bool input, NaN,
+    inf, or float64 values beyond float32's range are a ValueError (values are checked when
+    concrete, not under ``jax.jit``).
+    """
 
     def __init__(self, config: TCNConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -66,11 +74,19 @@ class TCN(nnx.Module):
 
     def graph(self, shapes, rngs: nnx.Rngs | None = None) -> tuple[list[Stage], str]:
         """Standalone graph on input ``x [B, T, num_inputs]``; ends in ``network.<last>``."""
-        shape = tuple(shapes["x"])
-        if len(shape) != 3 or shape[-1] != self.config.num_inputs:
-            raise ValueError(f"TCN input 'x': expected shape [B, T, {self.config.num_inputs}], got {list(shape)}")
+        self.check_shape(shapes["x"])
         stages = self.stages("", "x", rngs)
         return stages, stages[-1].name
+
+    def input_dtype(self) -> jnp.dtype:
+        """The dtype the network computes in (its parameters'); the input is cast to it."""
+        return self.network[0].conv1.v.get_value().dtype if len(self.network) else jnp.dtype(jnp.float32)
+
+    def check_shape(self, shape) -> None:
+        """Raises ValueError unless ``shape`` is ``[B, T, num_inputs]``."""
+        shape = tuple(shape)
+        if len(shape) != 3 or shape[-1] != self.config.num_inputs:
+            raise ValueError(f"TCN input 'x': expected shape [B, T, {self.config.num_inputs}], got {list(shape)}")
 
     def stages(self, prefix: str, source: str, rngs: nnx.Rngs | None = None) -> list[Stage]:
         """One stage per block, ``{prefix}network.{j}``, starting from intermediate ``source``."""
@@ -82,6 +98,9 @@ class TCN(nnx.Module):
         return stages
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        check_input(x, "TCN input 'x'", self.input_dtype())
+        self.check_shape(x.shape)
+        x = jnp.asarray(x, self.input_dtype())
         for block in self.network:
             x = block(x, rngs)
         return x

@@ -19,6 +19,8 @@ from safetensors.numpy import load_file
 from jax_cer.statedict.table import StateDictError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+FORMATS = ".pt/.pth/.bin/.ckpt, .npz or .safetensors"
+"""The state dict file formats :func:`load_state_dict_file` reads, as error messages name them."""
 
 
 def to_numpy(value: Any, key: str, source: str) -> np.ndarray:
@@ -63,6 +65,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads an original-layout state dict (key -> array) from ``.pt``/``.pth``/``.bin``/``.ckpt``
     (PyTorch, ``weights_only=True``), ``.npz`` or ``.safetensors``."""
     path = Path(path)
+    if path.is_dir():
+        raise StateDictError(f"{path} is a directory, expected a state dict file ({FORMATS})")
     if not path.is_file():
         raise FileNotFoundError(f"state dict file not found: {path}")
     suffix = path.suffix.lower()
@@ -80,12 +84,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if suffix in TORCH_SUFFIXES:
         raw = _load_torch_file(path)
         return {k: to_numpy(v, k, str(path)) for k, v in raw.items()}
-    raise StateDictError(f"{path}: unknown state dict format {suffix!r}; use .pt/.pth, .npz or .safetensors")
+    raise StateDictError(f"{path}: unknown state dict format {suffix!r}; use {FORMATS}")
 
 
 def save_state_dict_npz(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Writes an original-layout state dict to ``.npz`` atomically (temp file, then rename)."""
     path = Path(path)
+    if path.is_dir():
+        raise StateDictError(f"{path} is a directory, expected the path of the .npz file to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the directory {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **state_dict)
     os.replace(tmp, path)

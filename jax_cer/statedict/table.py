@@ -94,6 +94,18 @@ def entries_by_name(module: nnx.Module, table: Sequence[ParamRow], *, filter: An
     return entries
 
 
+def _overflow(arr: np.ndarray, dtype: str) -> float | None:
+    """The largest finite value of ``dtype`` if ``arr`` (finite) holds a larger magnitude, else None:
+    casting it to ``dtype`` (float32, or a 16-bit model's float16 / bfloat16) would make it inf."""
+    target = jnp.dtype(dtype)
+    if not jnp.issubdtype(target, jnp.floating) or not arr.size:
+        return None
+    limit = float(jnp.finfo(target).max)
+    if float(jnp.finfo(arr.dtype).max) <= limit:
+        return None
+    return limit if float(np.max(np.abs(arr))) > limit else None
+
+
 def check_state_dict(
     entries: Sequence[Entry],
     state_dict: Mapping[str, np.ndarray],
@@ -136,15 +148,10 @@ def check_state_dict(
             problems.append(f"{key}: dtype {arr.dtype}, expected floating point")
         elif not np.all(np.isfinite(arr)):
             problems.append(f"{key}: holds {int(np.sum(~np.isfinite(arr)))} NaN/inf values")
-        elif (
-            e.torch_dtype == "float32"
-            and arr.dtype.itemsize > 4
-            and arr.size
-            and float(np.max(np.abs(arr))) > float(np.finfo(np.float32).max)
-        ):
+        elif (limit := _overflow(arr, e.torch_dtype)) is not None:
             problems.append(
-                f"{key}: holds values up to {float(np.max(np.abs(arr))):.3g}, beyond float32's range "
-                f"({float(np.finfo(np.float32).max):.3g}): they would become inf"
+                f"{key}: holds values up to {float(np.max(np.abs(arr))):.3g}, beyond {e.torch_dtype}'s range "
+                f"({limit:.3g}): they would become inf"
             )
         elif (
             e.alias_of is not None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +20,7 @@ from jax_cer.optim import random_subset, so, sparse_k
 from jax_cer.parity import so_trajectory as traj
 from jax_cer.parity.golden import GoldenFileError, default_golden_dir
 from jax_cer.parity.tolerances import TOLERANCES
+from tests.conftest import REPO
 from tests.so_reference import DenseSO
 
 GOLDEN = default_golden_dir() / "so"
@@ -286,12 +291,129 @@ def test_bad_masks_are_named() -> None:
     params = jnp.zeros((4, 5))
     tx = so(1e-3, density=0.2, refresh_every=2, inject_masks=True)
     state = tx.init(params)
-    with pytest.raises(ValueError, match=r"needs 4 distinct flat indices in \[0, 20\)"):
+    with pytest.raises(ValueError, match=r"duplicate index 1; needs 4 distinct flat indices in \[0, 20\)"):
         tx.update(params, state, params, masks=jnp.asarray([1, 1, 2, 3], jnp.int32))
     with pytest.raises(ValueError, match=r"expected int32\[4\]"):
         tx.update(params, state, params, masks=jnp.asarray([1, 2], jnp.int32))
     with pytest.raises(ValueError, match="density must be in"):
         so(1e-3, density=1.5, refresh_every=2).init(params)
+
+
+MASKED_PARAMS = {"w": jnp.zeros((4, 5)), "b": {"k": jnp.zeros((6, 5))}}  # k = 4 and 6 at density 0.2
+GOOD_MASKS = {"w": jnp.asarray([0, 3, 7, 19], jnp.int32), "b": {"k": jnp.asarray([0, 1, 2, 3, 4, 29], jnp.int32)}}
+BAD_MASKS = [  # a mask of ['b']['k'] (30 entries) and the problem the error names
+    ([0, 1, 1, 2, 3, 4], "duplicate index 1"),
+    ([0, 1, -3, 2, 3, 4], "negative index -3"),
+    ([0, 1, 2, 3, 4, 999], "index 999 is out of range"),
+    ([5, -2, 7, 7, 40, 6], "negative index -2"),  # several problems: the first of negative, out of range, duplicate
+]
+
+
+def _bad_mask_message(problem: str) -> str:
+    return re.escape(
+        f"mask for ['b']['k'] (shape (6, 5), 30 entries): {problem}; needs 6 distinct flat indices in [0, 30)"
+    )
+
+
+def test_bad_masks_raise_under_jit() -> None:
+    """A jitted update fails on a refresh step with the eager check's message; on other steps masks are not read."""
+    tx = so(1e-3, density=0.2, refresh_every=2, inject_masks=True)
+    state = tx.init(MASKED_PARAMS)
+    update = jax.jit(tx.update)
+    for mask, problem in BAD_MASKS:
+        masks = {"w": GOOD_MASKS["w"], "b": {"k": jnp.asarray(mask, jnp.int32)}}
+        with pytest.raises(ValueError, match=_bad_mask_message(problem)):
+            tx.update(MASKED_PARAMS, state, MASKED_PARAMS, masks=masks)
+        with pytest.raises(jax.errors.JaxRuntimeError, match=_bad_mask_message(problem)):
+            jax.block_until_ready(update(MASKED_PARAMS, state, MASKED_PARAMS, masks=masks))
+    _, state = update(MASKED_PARAMS, state, MASKED_PARAMS, masks=GOOD_MASKS)  # step 1
+    masks = {"w": GOOD_MASKS["w"], "b": {"k": jnp.asarray(BAD_MASKS[0][0], jnp.int32)}}
+    _, state = jax.block_until_ready(update(MASKED_PARAMS, state, MASKED_PARAMS, masks=masks))  # step 2: not read
+    np.testing.assert_array_equal(_so_state(state).leaves["b"]["k"].mask, GOOD_MASKS["b"]["k"])
+
+
+def test_bad_masks_raise_under_jit_with_donated_state() -> None:
+    tx = so(1e-3, density=0.2, refresh_every=2, inject_masks=True)
+
+    def step(params, state, masks):
+        updates, state = tx.update(params, state, params, masks=masks)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    params = jax.tree.map(jnp.copy, MASKED_PARAMS)
+    masks = {"w": jnp.asarray([0, 3, 20, 7], jnp.int32), "b": GOOD_MASKS["b"]}
+    with pytest.raises(
+        jax.errors.JaxRuntimeError, match=re.escape("mask for ['w'] (shape (4, 5), 20 entries): index 20")
+    ):
+        jax.block_until_ready(step(params, tx.init(params), masks))
+
+
+def test_valid_masks_under_jit_equal_eager() -> None:
+    """The check leaves the computation alone: a jitted update (which checks its traced masks) gives what the
+    eager one (which checks concrete masks) gives, over two refreshes."""
+    rng = np.random.default_rng(6)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+        "v": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+    }
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(3)]
+    masks = [{key: jnp.asarray(rng.permutation(20)[:4], jnp.int32) for key in params} for _ in range(3)]
+    tx = so(1e-2, density=0.2, refresh_every=2, inject_masks=True)
+    eager = _apply(tx, params, grads, masks)
+    jitted = _apply(optax.GradientTransformationExtraArgs(tx.init, jax.jit(tx.update)), params, grads, masks)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+        if jnp.issubdtype(a.dtype, jnp.integer):
+            np.testing.assert_array_equal(a, b)
+        else:  # the same float32 operations, fused differently by XLA
+            np.testing.assert_allclose(a, b, atol=TOLERANCES["so"])
+
+
+MULTI_DEVICE_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np, optax
+from jax_cer.optim import so
+from jax_cer.training.parallel import data_mesh, replicate, shard_batch
+
+assert len(jax.devices()) == 2, jax.devices()
+mesh = data_mesh()
+tx = so(1e-3, density=0.2, refresh_every=2, inject_masks=True)
+params = {"w": jnp.ones((4, 6))}
+
+def step(params, state, x, masks):
+    grads = jax.grad(lambda p: jnp.sum((x @ p["w"]) ** 2))(params)
+    updates, state = tx.update(grads, state, params, masks=masks)
+    params = optax.apply_updates(params, updates)
+    return params, state, jnp.sum((x @ params["w"]) ** 2)  # a collective after the update
+
+step = jax.jit(step, donate_argnums=(0, 1))
+x = shard_batch(np.ones((8, 4), np.float32), mesh)
+out = {}
+for name, mask in (("bad", [1, 2, 3, 24]), ("good", [0, 5, 2, 3])):
+    args = replicate((jax.tree.map(jnp.copy, params), tx.init(params), {"w": jnp.asarray(mask, jnp.int32)}), mesh)
+    try:
+        new, _, loss = jax.block_until_ready(step(args[0], args[1], x, args[2]))
+        out[name] = {"changed": np.flatnonzero(np.asarray(new["w"]) != 1).tolist(), "loss": float(loss)}
+    except jax.errors.JaxRuntimeError as e:
+        out[name] = {"error": str(e).splitlines()[-1]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # a fresh process with 2 forced CPU devices
+def test_bad_masks_raise_under_a_multi_device_jit() -> None:
+    """Every device raises: none is left waiting in the collective that follows the update."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT], check=False, cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bad"]["error"] == (
+        "ValueError: mask for ['w'] (shape (4, 6), 24 entries): index 24 is out of range; "
+        "needs 4 distinct flat indices in [0, 24)"
+    )
+    assert out["good"]["changed"] == [0, 2, 3, 5], out
 
 
 # -- the optax contract -------------------------------------------------------------------------------------
@@ -429,3 +551,41 @@ def test_trains_a_small_mlp_on_digits() -> None:
     h = jax.nn.relu(x @ params["w1"] + params["b1"])
     accuracy = float(jnp.mean(jnp.argmax(h @ params["w2"] + params["b2"], -1) == y))
     assert float(loss(params)) < 0.3 * first and accuracy > 0.9, (first, float(loss(params)), accuracy)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"b1": 1.0}, "b1 must be a number in [0, 1), got 1.0"),
+        ({"b2": -0.1}, "b2 must be a number in [0, 1), got -0.1"),
+        ({"eps": 0.0}, "eps must be a finite number > 0, got 0.0"),
+        ({"eps": float("nan")}, "eps must be a finite number > 0, got nan"),
+        ({"b1": "0.9"}, "b1 must be a number in [0, 1), got '0.9'"),
+        ({"density": "0.1"}, "density must be a number in [0, 1], got '0.1'"),
+    ],
+)
+def test_constants_that_would_give_nan_are_refused(kwargs, message) -> None:
+    """b1 = 1 divides by 1 - b1^t = 0 and eps = 0 divides 0 by 0 where a gradient entry is 0."""
+    params = {"w": jnp.ones((4, 5)), "b": jnp.ones(3)}
+    with pytest.raises(ValueError) as err:
+        so(1e-3, **{"density": 0.5, "refresh_every": 2, **kwargs}).init(params)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("grads", "message"),
+    [
+        ({"w": jnp.ones((4, 5))}, "not among the parameters: none; missing: ['b']"),
+        ({"w": jnp.ones((4, 5)), "b": jnp.ones(3), "c": jnp.ones(2)}, "not among the parameters: ['c']; missing: none"),
+        ({"w": jnp.ones((3, 5)), "b": jnp.ones(3)}, "update for ['w'] has shape (3, 5) (15 entries)"),
+        ({"w": jnp.ones((4, 5)), "b": jnp.ones(4)}, "update for ['b'] has shape (4,), the parameter (3,)"),
+        ({"w": jnp.ones((4, 5), jnp.int32), "b": jnp.ones(3)}, "update for ['w']: expected a floating-point array"),
+    ],
+)
+def test_updates_that_do_not_fit_the_parameters_are_named(grads, message) -> None:
+    """A gradient of another shape would gather outside the tensor (clamped silently by XLA)."""
+    params = {"w": jnp.ones((4, 5)), "b": jnp.ones(3)}
+    opt = so(1e-3, density=0.5, refresh_every=2)
+    with pytest.raises(ValueError) as err:
+        opt.update(grads, opt.init(params), params)
+    assert message in str(err.value)

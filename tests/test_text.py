@@ -591,3 +591,24 @@ def test_classifier_pooling_options() -> None:
     np.testing.assert_allclose(cls(ids, mask), cls.classifier(enc.pooler(h)), atol=1e-6)
     with pytest.raises(ValueError, match="pooling='cls' needs the encoder's pooler"):
         TextClassifier(BertModel(TINY, add_pooling_layer=False, rngs=nnx.Rngs(0)), 5, pooling="cls", rngs=nnx.Rngs(1))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "problem"),
+    [
+        (jnp.float16, 1e5, "holds values up to 1e+05, beyond float16's range (6.55e+04): they would become inf"),
+        (jnp.bfloat16, 1e300, "holds values up to 1e+300, beyond bfloat16's range (3.39e+38): they would become inf"),
+    ],
+)
+def test_weights_beyond_a_16_bit_models_range_are_refused(tmp_path: Path, dtype, value, problem) -> None:
+    """A model loaded in 16 bits checks the weights against its own dtype's range, not float32's."""
+    key = "encoder.layer.0.output.dense.weight"
+
+    def mutate(t):
+        t[key] = t[key].astype(np.float64)
+        t[key][1, 2] = value
+
+    d = _tiny_dir(tmp_path, mutate)
+    with pytest.raises(StateDictError) as err:
+        load_bert(d, dtype=dtype)
+    assert str(err.value) == f"{d / 'model.safetensors'} does not match BertModel:\n  {key}: {problem}"

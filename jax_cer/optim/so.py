@@ -257,7 +257,17 @@ def scale_by_so(
 
     ``update(updates, state, params=None, *, masks=None)``: ``masks`` is a pytree like the params
     with an int32[k] array of distinct row-major flat indices (or None) per sparse leaf; it is
-    read only on refresh steps (t = 1 + jT) and ignored otherwise.
+    read only on refresh steps (t = 1 + jT) and ignored otherwise. A mask with a negative, an
+    out-of-range or a repeated index raises a ValueError naming the leaf, the problem, the index
+    and the leaf's size, e.g. ``mask for ['w'] (shape (4, 5), 20 entries): duplicate index 1;
+    needs 4 distinct flat indices in [0, 20)``. Concrete masks (an eager call) are checked on every
+    step, when ``update`` is called. Traced masks (``update`` inside ``jax.jit``) are checked on
+    refresh steps, when the compiled step runs: a host callback raises that ValueError (JAX logs
+    its traceback as "jax.debug.callback failed"), and the jitted call, or the first wait on its
+    results (dispatch is asynchronous), raises a ``jax.errors.JaxRuntimeError`` whose text ends
+    with the ValueError's line. This works under donation and a multi-device ``jit``; it makes
+    every call of such a jitted step take JAX's Python dispatch path (a fixed cost per call, about a
+    millisecond on a CPU). An update given no masks is compiled without a check.
     """
     if refresh_every is None or (
         not isinstance(refresh_every, jax.Array)
@@ -268,11 +278,17 @@ def scale_by_so(
         )
     ):
         raise ValueError(f"refresh_every must be an integer >= 1, got {refresh_every!r}")
+    for name, value, low_open in (("b1", b1, False), ("b2", b2, False), ("eps", eps, True)):
+        _check_constant(name, value, low_open)
 
     def init_fn(params):
         try:
+            if isinstance(density, (str, bytes, bool)):
+                raise TypeError(density)
             rho = float(density)
-        except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"density must be a number in [0, 1], got {density!r}") from e
+        except jax.errors.ConcretizationTypeError as e:
             raise ValueError(
                 "density must be a concrete number when the optimizer state is created (k per tensor is static); "
                 "with optax.inject_hyperparams, list it in static_args=('density',)"
@@ -339,7 +355,20 @@ def scale_by_so(
         refresh = (state.count % refresh_every) == 0
         refresh_index = state.count // refresh_every
         leaves_g, treedef = jax.tree.flatten(updates)
-        states = treedef.flatten_up_to(state.leaves)
+        paths = _paths(updates)
+        try:
+            states = treedef.flatten_up_to(state.leaves)
+        except ValueError:
+            is_state = lambda x: x is None or isinstance(x, (SparseLeafState, DenseLeafState))  # noqa: E731
+            known = _paths(jax.tree.map(lambda _: 0, state.leaves, is_leaf=is_state))
+            extra = ", ".join(sorted(set(paths) - set(known))) or "none"
+            missing = ", ".join(sorted(set(known) - set(paths))) or "none"
+            raise ValueError(
+                "updates do not have the structure of the parameters SO was initialised with: "
+                f"not among the parameters: {extra}; missing: {missing}"
+            ) from None
+        for g, st, path in zip(leaves_g, states, paths, strict=True):
+            _check_gradient(g, st, path or "the root leaf", density)
         given = treedef.flatten_up_to(masks) if masks is not None else [None] * len(leaves_g)
         period_key = jax.random.fold_in(state.key, refresh_index)
         new_updates: list = [None] * len(leaves_g)
@@ -358,8 +387,13 @@ def scale_by_so(
                 jnp.asarray(ids, jnp.uint32)
             )
             if inject_masks:
-                rows = [drawn[j] if given[i] is None else _check_mask(given[i], n, k, i) for j, i in enumerate(ids)]
+                rows = [
+                    drawn[j] if given[i] is None else _check_mask(given[i], n, k, paths[i], leaves_g[i].shape)
+                    for j, i in enumerate(ids)
+                ]
                 drawn = jnp.where(refresh, jnp.stack(rows), jnp.stack([states[i].mask for i in ids]))
+                if any(isinstance(given[i], jax.core.Tracer) for i in ids):
+                    _check_traced_masks(drawn, refresh, n, [(paths[i], leaves_g[i].shape) for i in ids])
             us, ss = _sparse_group([leaves_g[i] for i in ids], [states[i] for i in ids], drawn, t, b1, b2, eps)
             for i, u, s_ in zip(ids, us, ss, strict=True):
                 new_updates[i], new_states[i] = u, s_
@@ -369,15 +403,118 @@ def scale_by_so(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _check_mask(m, n: int, k: int, leaf_id: int) -> jax.Array:
+def _check_constant(name: str, value: Any, low_open: bool) -> None:
+    """b1, b2 in [0, 1) (1 would divide by 1 - b^t = 0); eps finite and > 0 (0 divides 0 by 0 where a
+    gradient entry is 0). Traced values (``optax.inject_hyperparams``) are not checked."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        ok = not isinstance(value, (str, bytes, bool)) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        v = float(value)
+        ok = 0.0 < v if low_open else 0.0 <= v < 1.0
+    if not ok:
+        want = "a finite number > 0" if low_open else "a number in [0, 1)"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+
+
+def _check_gradient(g: Any, st: Any, path: str, density: Any) -> None:
+    """An update leaf fits the state SO keeps for it: a floating array, of the parameter's shape
+    (dense leaves), or of a size that gives the same k (sparse leaves: the state is O(k) and does
+    not record the shape)."""
+    if not (hasattr(g, "shape") and hasattr(g, "dtype")) or not jnp.issubdtype(g.dtype, jnp.floating):
+        what = f"dtype {g.dtype}" if hasattr(g, "dtype") else type(g).__name__
+        raise ValueError(f"update for {path}: expected a floating-point array, got {what}")
+    if isinstance(st, DenseLeafState) and tuple(g.shape) != tuple(st.mu.shape):
+        raise ValueError(f"update for {path} has shape {tuple(g.shape)}, the parameter {tuple(st.mu.shape)}")
+    if not isinstance(st, SparseLeafState):
+        return
+    try:
+        k = sparse_k(math.prod(g.shape), float(density))
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return  # a traced density fails at init already
+    if k != st.mu.shape[0]:
+        raise ValueError(
+            f"update for {path} has shape {tuple(g.shape)} ({math.prod(g.shape)} entries), which does not fit the "
+            f"{st.mu.shape[0]} support entries SO keeps for that parameter (updates have the parameters' shapes)"
+        )
+
+
+_MASK_PROBLEMS = ("negative index {}", "index {} is out of range", "duplicate index {}")
+
+
+def _mask_text(path: str, shape: tuple, problem: str, n: int, k: int) -> str:
+    path = path or "the root leaf"
+    return (
+        f"mask for {path} (shape {tuple(shape)}, {n} entries): {problem}; needs {k} distinct flat indices in [0, {n})"
+    )
+
+
+def _mask_message(path: str, shape: tuple, arr: np.ndarray, n: int, k: int) -> str | None:
+    """The problem with a concrete mask ``arr`` (int[k]) for a leaf of n entries, or None if it is valid."""
+    arr = np.sort(np.asarray(arr).astype(np.int64).ravel())
+    if arr.size and arr[0] < 0:
+        problem = _MASK_PROBLEMS[0].format(arr[0])
+    elif arr.size and arr[-1] >= n:
+        problem = _MASK_PROBLEMS[1].format(arr[-1])
+    elif arr.size > 1 and np.any(arr[1:] == arr[:-1]):
+        problem = _MASK_PROBLEMS[2].format(arr[1:][arr[1:] == arr[:-1]][0])
+    else:
+        return None
+    return _mask_text(path, shape, problem, n, k)
+
+
+def _check_mask(m, n: int, k: int, path: str, shape: tuple) -> jax.Array:
+    """Checks the shape and dtype of a mask and, when it is concrete (eager calls), its indices."""
     m = jnp.asarray(m)
     if m.shape != (k,) or not jnp.issubdtype(m.dtype, jnp.integer):
-        raise ValueError(f"mask for leaf {leaf_id}: expected int32[{k}], got {m.dtype}{list(m.shape)}")
-    if not isinstance(m, jax.core.Tracer):  # validate concrete masks
-        arr = np.asarray(m)
-        if arr.min(initial=0) < 0 or arr.max(initial=0) >= n or len(np.unique(arr)) != k:
-            raise ValueError(f"mask for leaf {leaf_id}: needs {k} distinct flat indices in [0, {n})")
+        raise ValueError(f"mask for {path or 'the root leaf'}: expected int32[{k}], got {m.dtype}{list(m.shape)}")
+    if not isinstance(m, jax.core.Tracer):
+        message = _mask_message(path, shape, np.asarray(m), n, k)
+        if message is not None:
+            raise ValueError(message)
+    info, i32 = jnp.iinfo(m.dtype), np.iinfo(np.int32)
+    if info.max > i32.max or info.min < i32.min:  # saturate, so that a bad index stays bad in int32
+        m = jnp.clip(m, max(info.min, i32.min), i32.max)
     return m.astype(jnp.int32)
+
+
+def _check_traced_masks(masks: jax.Array, refresh: jax.Array, n: int, leaves: list[tuple[str, tuple]]) -> None:
+    """Validates the masks of one group (int32[L, k], the rows in use this step) inside a traced update.
+
+    A branch taken on refresh steps only tests the sorted rows in O(k) (XLA shares the sort with
+    the update's own); when a row is bad, a nested branch finds the first problem (leaf, kind,
+    index) and a host callback raises the ValueError of the eager check. The jitted call then
+    fails with a ``JaxRuntimeError`` whose text contains that message. The callback is
+    ``partitioned``: under a multi-device ``jit`` every device raises at the same point (a callback
+    on one device would leave the others waiting in their next collective). Its effect takes the
+    jitted call off JAX's C++ dispatch path, a fixed cost per call.
+    """
+    k = masks.shape[-1]
+
+    def check(ms, refresh):
+        dup = ms[:, 1:] == ms[:, :-1]
+        kinds = jnp.stack([ms[:, 0] < 0, ms[:, -1] >= n, jnp.any(dup, axis=-1)], axis=-1)  # [L, 3]
+        jax.lax.cond(jnp.any(kinds), locate, lambda *_: None, ms, dup, kinds, refresh)
+
+    def locate(ms, dup, kinds, refresh):
+        rows = jnp.arange(ms.shape[0])
+        second = jnp.argmax(dup, -1) + 1 if k > 1 else jnp.zeros_like(rows)  # a duplicate's second occurrence
+        values = jnp.stack([ms[:, 0], ms[:, -1], ms[rows, second]], -1)
+        row = jnp.argmax(jnp.any(kinds, -1))
+        kind = jnp.argmax(kinds[row])  # the first problem in the order of the eager check
+        # the flag repeats the branch conditions: under vmap both branches run, for every element
+        flag = refresh & kinds[row, kind]
+        jax.debug.callback(fail, flag, row, kind, values[row, kind], partitioned=True)
+
+    def fail(flag, row, kind, value) -> None:
+        if flag:
+            path, shape = leaves[int(row)]
+            raise ValueError(_mask_text(path, shape, _MASK_PROBLEMS[int(kind)].format(int(value)), n, k))
+
+    jax.lax.cond(refresh, check, lambda *_: None, jnp.sort(masks, axis=-1), refresh)
 
 
 def so(

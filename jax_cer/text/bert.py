@@ -368,7 +368,7 @@ class BertModel(nnx.Module):
     ):
         input_ids = jnp.asarray(input_ids)
         if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-            raise TypeError(f"input_ids must be integers, got {input_ids.dtype}")
+            raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
         if attention_mask is None:
             lengths = jnp.full(input_ids.shape[:-1], input_ids.shape[-1], jnp.int32)
         else:

@@ -89,8 +89,9 @@ def _add_repro(sub) -> None:
             "with a LoRA classifier (logits <= 1e-5, one clip + SGD step <= 1e-4 relative). The golden files ship "
             "with the package (--golden-dir or $JAX_CER_GOLDEN point elsewhere); the source repository's "
             "repro/make_golden.py, repro/make_so_golden.py and repro/make_text_golden.py regenerate them from the "
-            "PyTorch references. Exit 0 when every check passes, 1 on a failure, 2 for an unknown case. The same "
-            "checks run as pytest items with `pytest --jax-cer-repro [--jax-cer-cases CASES]`."
+            "PyTorch references. Exit 0 when every check passes, 1 on a failure (a damaged golden file fails its "
+            "case), 2 for an unknown case or a golden folder that cannot be read. The same checks run as pytest "
+            "items with `pytest --jax-cer-repro [--jax-cer-cases CASES]`."
         ),
     )
     r.add_argument(

@@ -15,18 +15,23 @@ finite input. The default profile (tests/conftest.py) tries a dozen inputs per t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import sklearn.metrics as skm
+from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jax_cer import metrics
 from jax_cer.kernels import flash_attention
+from jax_cer.models import build_model, from_original_state_dict, to_original_state_dict
+from jax_cer.optim import so
 from jax_cer.parity.attention import attention64
 from jax_cer.parity.tolerances import TOLERANCES
 
@@ -269,3 +274,193 @@ def test_attention_gradients_are_finite(case) -> None:
                 g = g.copy()
                 g[bi, n:] = 0
         assert np.isfinite(g).all(), f"d{name} not finite"
+
+
+# -- fusion weights and models -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _tcn_original() -> dict[str, np.ndarray]:
+    """A small TCN (8 inputs, two blocks of 4 channels, kernel 3) under the original keys."""
+    return to_original_state_dict(build_model("tcn", rngs=nnx.Rngs(0), num_inputs=8, channels=(4, 4), kernel_size=3))
+
+
+@functools.cache
+def _tcn_output() -> np.ndarray:
+    return np.asarray(from_original_state_dict("tcn", _tcn_original())(TCN_INPUT))
+
+
+TCN_INPUT = np.random.default_rng(1).normal(size=(2, 9, 8)).astype(np.float32)
+WEIGHT_FAULTS = [
+    "drop", "add", "shape", "int", "bool", "complex", "nan", "inf", "beyond", "list", "none", "str", "float64",
+    "float16", "empty", "not_a_mapping",
+]  # fmt: skip
+
+
+@given(faults=st.lists(st.sampled_from(WEIGHT_FAULTS), min_size=1, max_size=3), data=st.data())
+def test_from_original_state_dict(faults, data) -> None:
+    """A damaged state dict is refused naming a damaged key; a harmless change (float64 weights) loads
+    the same model."""
+    sd = dict(_tcn_original())
+    keys = list(sd)
+    touched = set()
+    for fault in faults:
+        key = data.draw(st.sampled_from([k for k in keys if k not in touched]))  # one fault per key
+        touched.add(key)
+        a = np.asarray(sd.get(key, np.zeros(1, np.float32)))
+        if fault == "drop":
+            sd.pop(key, None)
+        elif fault == "add":
+            touched.add(key + "_extra")
+            sd[key + "_extra"] = a
+        else:
+            sd[key] = {
+                "shape": lambda a=a: a.reshape(-1)[:-1] if a.size > 1 else np.zeros((2, 2), a.dtype),
+                "int": lambda a=a: a.astype(np.int32),
+                "bool": lambda a=a: a > 0,
+                "complex": lambda a=a: a.astype(np.complex64),
+                "nan": lambda a=a: np.full_like(a, np.nan),
+                "inf": lambda a=a: np.full_like(a, -np.inf),
+                "beyond": lambda a=a: np.full(a.shape, 1e39),
+                "list": lambda a=a: a.tolist(),
+                "none": lambda a=a: None,
+                "str": lambda a=a: "weights",
+                "float64": lambda a=a: a.astype(np.float64),
+                "float16": lambda a=a: a.astype(np.float16),
+                "empty": lambda a=a: np.zeros((0,), np.float32),
+                "not_a_mapping": lambda a=a: a,
+            }[fault]()
+    if "not_a_mapping" in faults:
+        sd = list(sd.values())
+        touched = {"state_dict"}
+    model = outcome(lambda: from_original_state_dict("tcn", sd), *touched, "state_dict")
+    if model is None:
+        return
+    assert set(faults) <= {"float64", "float16", "list"}, f"accepted {faults}"
+    got = np.asarray(model(TCN_INPUT))
+    assert np.isfinite(got).all()
+    if set(faults) <= {"float64", "list"}:  # the same float32 values
+        np.testing.assert_array_equal(got, _tcn_output())
+
+
+INPUT_FAULTS = [None, None, "float16", "bfloat16", "float64", "large", "int", "bool", "nan", "inf", "beyond", "ndim",
+                "width", "missing", "extra", "list", "time_mismatch", "batch_mismatch", "not_a_dict"]  # fmt: skip
+
+
+@functools.cache
+def _can():
+    return build_model("can", rngs=nnx.Rngs(0))
+
+
+def _fault_inputs(inputs: dict, fault, m: str, rng) -> dict:
+    x = inputs[m]
+    change = {
+        "float16": lambda: x.astype(np.float16),
+        "bfloat16": lambda: jnp.asarray(x, jnp.bfloat16),
+        "float64": lambda: x.astype(np.float64),
+        "large": lambda: x * 1e30,  # finite, far from 1
+        "int": lambda: x.astype(np.int32),
+        "bool": lambda: x > 0,
+        "nan": lambda: np.where(rng.random(x.shape) < 0.1, np.nan, x),
+        "inf": lambda: np.full_like(x, np.inf),
+        "beyond": lambda: x.astype(np.float64) * 1e300,
+        "ndim": lambda: x[0],
+        "width": lambda: x[..., :-1],
+        "list": lambda: x.tolist(),
+        "time_mismatch": lambda: x[:, :-1],
+        "batch_mismatch": lambda: np.concatenate([x, x]),
+    }
+    out = dict(inputs)
+    if fault == "missing":
+        out.pop(m)
+    elif fault == "extra":
+        out["audio"] = x
+    elif fault in change:
+        out[m] = change[fault]()
+    return out
+
+
+@given(
+    fault=st.sampled_from(INPUT_FAULTS), modality=st.sampled_from(["video", "vggish", "bert"]), seed=st.integers(0, 99)
+)
+def test_fusion_model_inputs(fault, modality, seed) -> None:
+    """A fusion model (CAN) refuses malformed inputs naming the modality; any floating input within
+    float32's range gives finite logits, equal to those of its float32 cast."""
+    model = _can()
+    rng = np.random.default_rng(seed)
+    inputs = {m: rng.normal(size=(1, 6, d)).astype(np.float32) for m, d in model.config.input_dims.items()}
+    bad = _fault_inputs(inputs, fault, modality, rng)
+    if fault == "not_a_dict":
+        bad = list(inputs.values())
+    got = outcome(lambda: model(bad), modality, "audio", "inputs")
+    ok = (None, "float16", "bfloat16", "float64", "large")
+    if got is None:
+        assert fault not in ok, f"refused a valid input ({fault})"
+        return
+    assert fault in ok, f"accepted a malformed input ({fault})"
+    got = np.asarray(got)
+    assert got.shape == (1, 6, model.config.num_classes) and np.isfinite(got).all()
+    cast = {m: np.asarray(jnp.asarray(x, jnp.float32)) for m, x in bad.items()}
+    np.testing.assert_allclose(got, np.asarray(model(cast)), rtol=0, atol=0)
+
+
+@given(fault=st.sampled_from(INPUT_FAULTS), seed=st.integers(0, 99))
+def test_tcn_inputs(fault, seed) -> None:
+    model = from_original_state_dict("tcn", _tcn_original())
+    rng = np.random.default_rng(seed)
+    x = _fault_inputs({"x": TCN_INPUT * rng.normal()}, fault, "x", rng)
+    if fault in ("missing", "extra", "not_a_dict"):
+        return  # a dict of modalities is the fusion models' input
+    got = outcome(lambda: model(x["x"]), "'x'")
+    ok = (None, "float16", "bfloat16", "float64", "large", "time_mismatch", "batch_mismatch")
+    if got is None:
+        assert fault not in ok, f"refused a valid input ({fault})"
+        return
+    assert fault in ok, f"accepted a malformed input ({fault})"
+    got = np.asarray(got)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, np.asarray(model(np.asarray(jnp.asarray(x["x"], jnp.float32)))))
+
+
+# -- SO ----------------------------------------------------------------------------------------------------
+
+LEAF_SHAPES = [(3,), (4, 5), (6, 2), (2, 3, 4), (), (0, 4)]
+
+
+@given(
+    shapes=st.lists(st.sampled_from(LEAF_SHAPES), min_size=1, max_size=3),
+    density=st.sampled_from([0.0, 0.05, 0.3, 1.0, 1.5, -0.1, math.nan]),
+    refresh_every=st.sampled_from([1, 2, 0]),
+    exponent=st.integers(-30, 15),
+    nan_leaf=st.booleans(),
+    seed=st.integers(0, 99),
+)
+def test_so(shapes, density, refresh_every, exponent, nan_leaf, seed) -> None:
+    """SO refuses bad settings and leaves naming them; otherwise its updates are finite wherever the
+    gradients are (a NaN gradient entry stays in its leaf, as in optax.adam), and at density 1 they are
+    Adam's."""
+    rng = np.random.default_rng(seed)
+    params = {f"p{i}": jnp.asarray(rng.normal(size=s), jnp.float32) for i, s in enumerate(shapes)}
+    opt = outcome(lambda: so(1e-3, density=density, refresh_every=refresh_every), "refresh_every")
+    if opt is None:
+        assert refresh_every == 0
+        return
+    state = outcome(lambda: opt.init(params), "density", "leaf")
+    if state is None:
+        assert not 0 <= density <= 1 or math.isnan(density) or any(len(s) > 2 for s in shapes)
+        return
+    adam = optax.adam(1e-3)
+    adam_state = adam.init(params)
+    for _ in range(3):
+        grads = {n: jnp.asarray(rng.normal(size=p.shape) * 10.0**exponent, jnp.float32) for n, p in params.items()}
+        if nan_leaf and grads["p0"].size:
+            grads["p0"] = grads["p0"].at[(0,) * grads["p0"].ndim].set(jnp.nan)
+        updates, state = opt.update(grads, state, params)
+        want, adam_state = adam.update(grads, adam_state, params)
+        for n, u in updates.items():
+            u = np.asarray(u)
+            assert u.shape == params[n].shape
+            if not (nan_leaf and n == "p0"):
+                assert np.isfinite(u).all(), f"update of {n} not finite"
+                if density == 1.0:
+                    np.testing.assert_allclose(u, want[n], atol=TOLERANCES["so"], rtol=TOLERANCES["so_relative"])

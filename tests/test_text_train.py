@@ -21,8 +21,9 @@ from jax_cer.text import default_checkpoint
 from jax_cer.text.textualize import MELD_TEXT_LABELS, meld_label, textualize
 from jax_cer.training.checkpoints import CheckpointStore
 from jax_cer.training.configs import TEXT_CONFIGS, TextTrainConfig
-from jax_cer.training.text import make_text_optimizer, so_dense_flags, train_text
+from jax_cer.training.text import build_text_model, make_text_optimizer, so_dense_flags, train_text
 from jax_cer.training.text_data import few_shot_indices, load_text_data, meld_dir, meld_text_splits
+from tests.test_text import TINY_WORDS, _tiny_dir, _tiny_tokenizer
 
 HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
@@ -256,3 +257,25 @@ def test_sgd_optimizer_is_plain_sgd_with_coupled_decay() -> None:
         upd, state = tx.update(grads, state, params)
         ref_upd, ref_state = inline.update(grads, ref_state, params)
         np.testing.assert_array_equal(upd["w"], ref_upd["w"])
+
+
+def test_tokenizer_must_fit_the_model_vocabulary(tmp_path: Path, capsys) -> None:
+    """A checkpoint whose tokenizer.json produces ids beyond config.json's vocab_size stops the text run before its
+    weights are read, naming the folder (exit 2 from the CLI); a tokenizer within the vocabulary builds."""
+    (tmp_path / "ckpt").mkdir()
+    d = _tiny_dir(tmp_path / "ckpt")
+    _tiny_tokenizer(d / "tokenizer.json", TINY_WORDS + tuple(f"w{i}" for i in range(40)))  # 54 ids, the model has 40
+    cfg = dataclasses.replace(TEXT_CONFIGS["synthetic-text"], checkpoint=str(d))
+    message = (
+        f"text checkpoint {d}: tokenizer.json has token ids up to 53 but config.json's vocab_size is 40: the "
+        "tokenizer does not belong to this model"
+    )
+    with pytest.raises(ValueError) as err:
+        build_text_model(cfg, len(MELD_TEXT_LABELS))
+    assert str(err.value) == message
+    args = ["train", "--config", "synthetic-text", "--workdir", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, "--set", f"checkpoint={d}"]) == 2
+    assert message in capsys.readouterr().err
+    _tiny_tokenizer(d / "tokenizer.json")  # 14 ids
+    model, tokenizer, _ = build_text_model(cfg, len(MELD_TEXT_LABELS))
+    assert tokenizer.vocab_size == 14 and model.encoder.config.vocab_size == 40

@@ -19,10 +19,12 @@ whose message names the offending file and what is wrong with it.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import importlib.util
 import io
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -81,6 +83,8 @@ MELD_CSV_COLUMNS: tuple[str, ...] = (
     "StartTime",
     "EndTime",
 )
+MELD_TIME = re.compile(r"\d+:\d\d:\d\d,\d{1,3}")
+"""``StartTime`` and ``EndTime`` of a MELD row (``00:14:38,127``; some rows have fewer millisecond digits)."""
 MELD_ID_PREFIX: Mapping[str, str] = {"train": "train", "dev": "val", "test": "test"}
 """CSV split -> prefix of the clip ids in the MELD fold files (``val/dia0_utt0`` for a dev row)."""
 
@@ -448,16 +452,28 @@ class MeldRow:
 
 
 def _decode_csv(path: Path) -> str:
-    """The text of a CSV table: UTF-8 (a BOM is dropped), else cp1252; anything else names the file and line."""
+    """The text of a CSV table: UTF-8 (a BOM is dropped), else cp1252; anything else names the file and line.
+
+    cp1252 is tried only for a file without any UTF-8 (no BOM, no valid multi-byte sequence): a UTF-8 table
+    with a bad byte (cut short inside a character, or edited in another encoding) is an error at that byte's
+    line, not a whole file of mojibake."""
     raw = path.read_bytes()
     nul = raw.find(b"\x00")
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1
         raise LayoutError(f"{path}:{line}: NUL byte in the file: not a UTF-8 or cp1252 CSV table (UTF-16 or binary?)")
+    bom = raw.startswith(codecs.BOM_UTF8)
+    body = raw[len(codecs.BOM_UTF8) :] if bom else raw
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start + len(raw) - len(body)
+    if bom or any(ord(c) > 0x7F and c != "\ufffd" for c in body.decode("utf-8", errors="replace")):
+        line = raw.count(b"\n", 0, bad) + 1
+        raise LayoutError(
+            f"{path}:{line}: byte 0x{raw[bad]:02x} is not UTF-8 but the rest of the table is UTF-8 text (a file cut "
+            "short inside a character, or a line saved in another encoding?)"
+        )
     try:
         return raw.decode("cp1252")
     except UnicodeDecodeError as e:
@@ -468,19 +484,27 @@ def _decode_csv(path: Path) -> str:
         ) from None
 
 
-def _csv_records(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
-    """The non-blank records of a CSV text with the 1-based line each starts on (a quoted field may span lines)."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _csv_records(text: str) -> Iterator[tuple[int, list[str], str | None]]:
+    """The non-blank records of a CSV text with the 1-based line each starts on (a quoted field may span lines)
+    and what strict CSV parsing finds wrong with the record (None when nothing): a quote left open at the end
+    of the text (a file cut short), or text after a closing quote. A record with a problem is the last one."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     while True:
         line = reader.line_num + 1
         try:
             record = next(reader)
         except StopIteration:
             return
-        except csv.Error as e:
-            raise LayoutError(f"{path}:{line}: not valid CSV ({e}; an unclosed quote?)") from None
+        except csv.Error as e:  # the record as lenient parsing reads it, for the field-count message
+            rest = "".join(io.StringIO(text, newline="").readlines()[line - 1 :])
+            try:
+                record = next((r for r in csv.reader(io.StringIO(rest, newline="")) if r), [])
+            except csv.Error:
+                record = []
+            yield line, record, str(e)
+            return
         if record:
-            yield line, record
+            yield line, record, None
 
 
 def _check_meld_header(header: list[str], path: Path, line: int) -> None:
@@ -511,30 +535,40 @@ def _check_field_count(record: list[str], header: list[str], where: str, row: in
 def read_meld_csv(path: str | Path) -> list[MeldRow]:
     """Reads one MELD utterance table with the csv module (quoted fields hold commas and newlines).
 
-    Text is kept as decoded (UTF-8, or cp1252 when the bytes are not UTF-8); the upstream C1
+    Text is kept as decoded (UTF-8, or cp1252 when the file holds no UTF-8 at all); the upstream C1
     control characters that replaced some punctuation are not touched. Checks the columns, the
-    number of fields of every row, the Emotion/Sentiment values, integer ids and unique
+    number of fields of every row, quotes (one left open at the end of a truncated file), the
+    Emotion/Sentiment values, the StartTime/EndTime format, integer ids and unique
     (Dialogue_ID, Utterance_ID) pairs. Errors name the file and the line a row starts on.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"MELD table not found: {path}")
-    records = _csv_records(_decode_csv(path), path)
-    header_line, header = next(records, (0, None))
+    records = _csv_records(_decode_csv(path))
+    header_line, header, problem = next(records, (0, None, None))
     if header is None:
         raise LayoutError(f"{path}: empty file (expected a header with the columns {list(MELD_CSV_COLUMNS)})")
+    if problem is not None:
+        raise LayoutError(f"{path}:{header_line}: the header is not valid CSV ({problem}; an unclosed quote?)")
     _check_meld_header(header, path, header_line)
     rows: list[MeldRow] = []
     seen: dict[tuple[int, int], int] = {}
-    for line, record in records:
+    for line, record, problem in records:
         where = f"{path}:{line}"
         _check_field_count(record, header, where, len(rows) + 1)
+        if problem is not None:
+            raise LayoutError(
+                f"{where}: row {len(rows) + 1} is not valid CSV ({problem}; an unclosed quote, or a file cut short?)"
+            )
         rec = dict(zip(header, record, strict=True))
         emotion, sentiment = rec["Emotion"].strip().lower(), rec["Sentiment"].strip().lower()
         if emotion not in MELD_EMOTIONS:
             raise LayoutError(f"{where}: unknown Emotion {rec['Emotion']!r} (expected one of {list(MELD_EMOTIONS)})")
         if sentiment not in MELD_SENTIMENTS:
             raise LayoutError(f"{where}: unknown Sentiment {rec['Sentiment']!r} (expected {list(MELD_SENTIMENTS)})")
+        for col in ("StartTime", "EndTime"):
+            if not MELD_TIME.fullmatch(rec[col]):
+                raise LayoutError(f"{where}: column {col!r} is {rec[col]!r}, not a time hh:mm:ss,mmm")
         ints = {}
         for col in ("Sr No.", "Dialogue_ID", "Utterance_ID", "Season", "Episode"):
             try:

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float's range: the model could not use it
+        return False
 
 
 def _got(v: Any) -> str:
@@ -112,7 +118,7 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text: {e}") from None
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer of > 4300 digits, too deep nesting
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
@@ -481,6 +487,7 @@ def load_bert(
     path = checkpoint_dir(path)
     cfg = BertConfig.from_json(path / "config.json")
     tensors = read_safetensors(path / "model.safetensors")
+    _check_layer_count(cfg, tensors, path)
     if add_pooling_layer is None:
         add_pooling_layer = any(k.removeprefix("bert.").startswith("pooler.") for k in tensors)
     model = nnx.eval_shape(
@@ -493,6 +500,18 @@ def load_bert(
     _set_abstract(model, lambda x: jnp.zeros(x.shape, x.dtype))
     load_entries(model, entries, tensors)
     return model
+
+
+def _check_layer_count(cfg: BertConfig, tensors: Mapping[str, np.ndarray], path: Path) -> None:
+    """Raises when ``config.json`` asks for more encoder layers than ``model.safetensors`` holds: caught here,
+    before the abstract model is built (whose time grows faster than its number of layers)."""
+    found = {int(m.group(1)) for k in tensors if (m := re.match(r"(?:bert\.)?encoder\.layer\.(\d+)\.", k)) is not None}
+    held = max(found, default=-1) + 1
+    if cfg.num_hidden_layers > held:
+        raise ValueError(
+            f"{path / 'config.json'}: num_hidden_layers is {cfg.num_hidden_layers} but {path / 'model.safetensors'} "
+            f"holds {held} encoder layers (encoder.layer.<i> keys): the config does not belong to these weights"
+        )
 
 
 def checkpoint_dir(path: str | Path) -> Path:

@@ -103,6 +103,8 @@ def _number(v: Any, what: str, hint: str = "") -> float:
         x = float(v)
     except ValueError:
         raise ValueError(f"{what} must be a number, got {v!r} ({type(v).__name__})") from None
+    except OverflowError:  # an int or Fraction beyond float's range
+        raise ValueError(f"{what} is too large for a float (beyond about 1.8e308){hint}") from None
     if not math.isfinite(x):
         raise ValueError(f"{what} is {x}; expected a finite number{hint}")
     return x
@@ -180,8 +182,10 @@ def hume_rows_for_clip(
     segment meets the clip ``[begin, end]`` widened by ``context`` seconds: ``start <= end + 2`` and
     ``segment end >= begin - 2``. File order is kept. A missing key or a non-finite number is a
     ValueError naming the row."""
-    lo = _number(begin, "begin") - _number(context, "context")
-    hi = _number(end, "end") + context
+    context = _number(context, "context")
+    lo, hi = _number(begin, "begin") - context, _number(end, "end") + context
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise ValueError(f"Hume rows must be a sequence of rows (mappings), got {type(rows).__name__}")
     out = []
     for i, r in enumerate(rows):
         what = f"Hume rows[{i}]"
@@ -246,8 +250,8 @@ def audio_text(arousal: float, valence: float, dominance: float, levels: bool = 
 
 
 def _transcript(t: Any, missing: str) -> str:
-    if t is None or (isinstance(t, float) and math.isnan(t)):
-        return missing
+    if t is None or (isinstance(t, numbers.Real) and not isinstance(t, numbers.Rational) and math.isnan(t)):
+        return missing  # None, or NaN of any float type (numpy's included)
     return str(t)
 
 
@@ -330,13 +334,19 @@ def select_top_faces(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any
 
     Like the original, exact ties keep several rows per frame; :func:`clip_prompts` checks that
     one row per frame remains, frames 0..n-1 in order (quirk Q9), since windows index row positions.
-    A row without ``frame`` or with a FaceScore that is not a finite number is a ValueError naming it.
+    A row without ``frame``, with an unhashable frame or with a FaceScore that is not a finite number is a
+    ValueError naming it.
     """
     rows = _rows(rows, "frame rows")
     scores = [
         _number(_field(r, "FaceScore", f"frame rows[{i}]"), f"frame rows[{i}] FaceScore") for i, r in enumerate(rows)
     ]
     frames = [_field(r, "frame", f"frame rows[{i}]") for i, r in enumerate(rows)]
+    for i, f in enumerate(frames):
+        try:
+            hash(f)
+        except TypeError:
+            raise ValueError(f"frame rows[{i}] frame must be a frame number, got {f!r} ({type(f).__name__})") from None
     best: dict[Any, float] = {}
     for f, s in zip(frames, scores, strict=True):
         best[f] = max(best.get(f, -math.inf), s)

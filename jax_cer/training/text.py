@@ -48,7 +48,16 @@ import optax
 from flax import nnx
 
 from jax_cer.optim import sgd, so
-from jax_cer.text import BertModel, TextClassifier, Tokenizer, default_checkpoint, flash_attention_fn, load_bert
+from jax_cer.text import (
+    BertConfig,
+    BertModel,
+    TextClassifier,
+    Tokenizer,
+    default_checkpoint,
+    flash_attention_fn,
+    load_bert,
+)
+from jax_cer.text.bert import checkpoint_dir
 from jax_cer.text.lora import apply_lora, lora_trainable
 from jax_cer.text.textualize import MELD_TEXT_LABELS
 from jax_cer.training.checkpoints import CheckpointStore, prepare_workdir
@@ -95,8 +104,18 @@ FIXED_LENGTH_MAX_EXAMPLES = 1024
 
 
 def build_text_model(cfg: TextTrainConfig, num_classes: int) -> tuple[TextClassifier, Tokenizer, Any]:
-    """The classifier (LoRA applied for ``method=lora``), its tokenizer and the trainable filter."""
-    path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint()
+    """The classifier (LoRA applied for ``method=lora``), its tokenizer and the trainable filter.
+
+    The checkpoint's tokenizer must produce only ids of the model's vocabulary (a ValueError naming the
+    checkpoint folder otherwise, before the weights are read)."""
+    path = checkpoint_dir(Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint())
+    tokenizer = Tokenizer(path / "tokenizer.json", max_length=cfg.max_length)
+    vocab_size = BertConfig.from_json(path / "config.json").vocab_size
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"text checkpoint {path}: tokenizer.json has token ids up to {tokenizer.vocab_size - 1} but config.json's "
+            f"vocab_size is {vocab_size}: the tokenizer does not belong to this model"
+        )
     attention_fn = flash_attention_fn() if cfg.attention == "flash" else None
     encoder = load_bert(path, attention_fn=attention_fn)
     if cfg.attention_dropout >= 0:
@@ -121,7 +140,7 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int) -> tuple[TextClassi
             rngs=nnx.Rngs(params=cfg.seed + 1, dropout=cfg.seed + 2),
         )
         trainable = lora_trainable("classifier")
-    return model, Tokenizer(path / "tokenizer.json", max_length=cfg.max_length), trainable
+    return model, tokenizer, trainable
 
 
 def so_dense_flags(params) -> Any:

@@ -184,6 +184,7 @@ def test_train_list_and_eval_errors(tmp_path, capsys) -> None:
         (["report", "{missing}"], "results folder {missing} does not exist"),
         (["repro", "--only", "nope"], "unknown golden case(s) ['nope']"),
         (["bench", "--rounds", "0"], "0 is not a positive number of rounds"),
+        (["bench", "--out", "afile/results"], "cannot use"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, says, tmp_path, monkeypatch, capsys) -> None:

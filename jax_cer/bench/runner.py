@@ -110,7 +110,11 @@ def run(k: str | None = None, rounds: int | None = None, out: Path | None = None
         print(f"error: {e}", file=sys.stderr)
         return 2
     folder = (Path(out) if out is not None else default_out()).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot use {folder} as the results folder: {e.strerror or e}", file=sys.stderr)
+        return 2
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     result = folder / f"bench-{stamp}.json"
     how = f"{rounds} round(s) per case (a quick run)" if rounds else "each case's default rounds"

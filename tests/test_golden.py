@@ -217,4 +217,4 @@ def test_repro_refuses_an_unreadable_golden_folder(tmp_path, capsys, manifest, m
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.splitlines()
-    assert line.startswith("error: ") and re.search(message, line), line
+    assert line.startswith("jax-cer repro: error: ") and re.search(message, line), line

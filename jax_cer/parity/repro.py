@@ -214,11 +214,8 @@ def run_repro(
     try:
         manifest = golden.load_manifest(golden_dir)
         names = select_cases(only, manifest)
-    except UnknownCaseError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except GoldenFileError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UnknownCaseError, GoldenFileError) as e:
+        print(f"jax-cer repro: error: {e}", file=sys.stderr)
         return 2
     dev = jax.devices()[0]
     print(f"jax-cer repro: {len(names)} golden cases from {golden_dir}")

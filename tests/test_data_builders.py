@@ -737,3 +737,41 @@ def test_fold_lines_split_on_first_two_commas(tmp_path: Path) -> None:
         ("z/w", 2, ""),
     ]
     assert [e.line for e in entries] == [1, 2, 4] and [e.index for e in entries] == [0, 1, 2]
+
+
+# --- regressions found by tests/test_properties_data.py ---------------------------------------------------------------
+
+
+def test_build_keeps_transcripts_with_line_separators(tmp_path: Path) -> None:
+    """A transcript holding U+0085 or U+2028 stays on its line (str.splitlines used to cut it there), CRLF too."""
+    manual = tmp_path / "manual"
+    splits = {
+        "train": [(BAH_SPLITS["train"][0][0], 1, "well\x85Videos/x.mp4,0, no"), (BAH_SPLITS["train"][1][0], 0, None)],
+        "val": [(BAH_SPLITS["val"][0][0], 1, "next\u2028line")],
+        "test": BAH_SPLITS["test"],
+    }
+    clips = write_layout(manual, "BAH_DB", BAH_YAML, splits, bah=True, seed=4)
+    for split in splits:
+        path = manual / "folds" / "BAH_DB" / "split-0" / f"{split}.txt"
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    _, sources = build(BahDb, tmp_path, manual)
+    for split, lines in splits.items():
+        assert len(sources[split]) == len(lines)
+        for i, (cid, label, tr) in enumerate(lines):
+            assert_clip(sources[split][i], cid, label, tr, clips[cid])
+
+
+def test_build_refuses_features_beyond_float32(tmp_path: Path) -> None:
+    """vggish stored float64 with a value beyond float32's range used to become inf in the dataset."""
+    manual = tmp_path / "manual"
+    write_layout(manual, "C-EXPR-DB", CEXPR_YAML, CEXPR_SPLITS)
+    path = _clip_folder(manual) / "vggish.npy"
+    vggish = np.load(path)
+    vggish[1, 2] = -1e39
+    np.save(path, vggish)
+    with pytest.raises(
+        LayoutError,
+        match=rf"^{re.escape(str(path))}: 1 values beyond the float32 range \(\|x\| > 3\.4e38\), first at index "
+        r"\(1, 2\) \(value -1e\+39\)$",
+    ):
+        build(CExprDb, tmp_path, manual, "split-0")

@@ -25,7 +25,7 @@ import dataclasses
 import importlib.util
 import io
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ VGGISH_FILE = "vggish.npy"
 BERT_FILE = "bert.npy"
 LABEL_FILE = "EXPR_continuous_label.npy"
 FEATURE_FILES: tuple[str, ...] = (VIDEO_FILE, VGGISH_FILE, BERT_FILE, LABEL_FILE)
+NPY_MAGIC = b"\x93NUMPY"
 
 VGGISH_DIM = 128
 BERT_DIM = 768
@@ -91,6 +92,11 @@ MELD_ID_PREFIX: Mapping[str, str] = {"train": "train", "dev": "val", "test": "te
 BAH_CLASSES: tuple[str, ...] = ("No A-H", "With A-H")
 """BAH ``class_id.yaml`` names in id order (spec §7.4)."""
 
+FOLD_LABEL = re.compile(r"[+-]?[0-9]+")
+"""The label field of a fold line (surrounding whitespace stripped)."""
+FOLD_NEWLINE = re.compile(r"\r\n|\r|\n")
+"""Line ends of a fold file (Python's universal newlines)."""
+
 
 class LayoutError(ValueError):
     """A dataset file exists but its content does not match the expected layout."""
@@ -120,9 +126,13 @@ class FoldEntry:
 
 
 def _check_clip_id(clip_id: str, where: str) -> None:
-    """Rejects ids that would escape the features folder or cannot name a folder."""
+    """Rejects ids that would escape the features folder, cannot name a folder, or carry stray whitespace."""
     if not clip_id.strip():
         raise LayoutError(f"{where}: empty clip id")
+    if clip_id != clip_id.strip():
+        raise LayoutError(f"{where}: clip id {clip_id!r} has leading or trailing whitespace")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in clip_id):
+        raise LayoutError(f"{where}: clip id {clip_id!r} contains a control character")
     parts = clip_id.replace("\\", "/").split("/")
     if clip_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise LayoutError(f"{where}: clip id {clip_id!r} must be a clean relative path (no leading '/', no '..')")
@@ -135,29 +145,45 @@ def parse_fold_line(text: str, where: str) -> tuple[str, int, str | None]:
         raise LayoutError(f"{where}: expected 'id,label[,transcript]', got {text!r}")
     clip_id, label_text = fields[0], fields[1].strip()
     _check_clip_id(clip_id, where)
+    if not FOLD_LABEL.fullmatch(label_text):  # int() would also take '1_0' and non-ASCII digits
+        raise LayoutError(f"{where}: label {label_text!r} of clip {clip_id!r} is not an integer class id")
+    return clip_id, int(label_text), (fields[2] if len(fields) == 3 else None)
+
+
+def _utf8_text(raw: bytes, path: Path, kind: str) -> str:
+    """``raw`` decoded as UTF-8 (a BOM dropped); a byte that is not UTF-8 is named with its line."""
     try:
-        label = int(label_text)
-    except ValueError:
-        raise LayoutError(f"{where}: label {label_text!r} of clip {clip_id!r} is not an integer class id") from None
-    return clip_id, label, (fields[2] if len(fields) == 3 else None)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad = e.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        line = len(FOLD_NEWLINE.split(raw[:bad].decode("utf-8-sig")))
+        raise LayoutError(f"{path}:{line}: byte 0x{raw[bad]:02x} is not UTF-8 (expected a UTF-8 {kind})") from None
+
+
+def _fold_lines(raw: bytes, path: Path) -> list[str]:
+    """The lines of a fold file: UTF-8 (a BOM is dropped), split on ``\\n``, ``\\r\\n`` and ``\\r`` only.
+
+    ``str.splitlines`` would also split on the C1 and Unicode separators (U+0085, U+2028, ...) that
+    transcripts may hold, turning the rest of a transcript into a line of its own.
+    """
+    return FOLD_NEWLINE.split(_utf8_text(raw, path, "text file"))
 
 
 def read_fold_file(path: str | Path) -> list[FoldEntry]:
-    """Reads a fold file (spec §7.1), keeping the clip order; blank lines are skipped.
+    """Reads a fold file (spec §7.1), keeping the clip order.
 
-    Raises :class:`MissingFileError` when the file is absent and :class:`LayoutError` on a
-    malformed line, a duplicated id or a file without clips.
+    UTF-8 (a BOM is dropped); lines end with ``\\n``, ``\\r\\n`` or ``\\r``; blank lines are skipped;
+    whitespace around the label is ignored, the transcript is kept as written. Raises
+    :class:`MissingFileError` when the file is absent and :class:`LayoutError` on a malformed line
+    (an id with surrounding whitespace or a control character, a label that is not ASCII digits),
+    a duplicated id or a file without clips.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"fold file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LayoutError(f"{path}: not UTF-8 text ({e})") from None
     entries: list[FoldEntry] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(_fold_lines(path.read_bytes(), path), start=1):
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
@@ -179,15 +205,50 @@ def read_fold_split(folder: str | Path, splits: Sequence[str] = FOLD_SPLITS) -> 
     return {s: read_fold_file(folder / f"{s}.txt") for s in splits}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping may not list a key twice (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML names the unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def _yaml_error(e: yaml.YAMLError, path: Path) -> LayoutError:
+    """One line naming the file, the line and PyYAML's problem (its own message spans several lines)."""
+    if isinstance(e, yaml.reader.ReaderError):
+        return LayoutError(f"{path}: not valid YAML: character #x{e.character:04x} at offset {e.position} ({e.reason})")
+    mark = getattr(e, "problem_mark", None)
+    what = "; ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+    if mark is None or not what:
+        return LayoutError(f"{path}: not valid YAML ({' '.join(str(e).split())})")
+    return LayoutError(f"{path}:{mark.line + 1}: not valid YAML: {what} (column {mark.column + 1})")
+
+
 def read_class_ids(path: str | Path) -> dict[str, int]:
-    """Reads ``class_id.yaml`` as ``{class name: id}``; ids must be distinct non-negative integers."""
+    """Reads ``class_id.yaml`` (UTF-8) as ``{class name: id}``; names must be listed once, ids must be distinct
+    non-negative integers."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"class id file not found: {path}")
+    text = _utf8_text(path.read_bytes(), path, "YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
-        raise LayoutError(f"{path}: not valid YAML ({e})") from None
+        raise _yaml_error(e, path) from None
     if not isinstance(data, dict) or not data:
         raise LayoutError(f"{path}: expected a non-empty mapping 'class name: id', got {type(data).__name__}")
     out: dict[str, int] = {}
@@ -317,13 +378,18 @@ def _load_npy(path: Path, folder: Path, mmap: bool = False) -> np.ndarray:
         raise MissingFileError(
             f"missing feature file {path.name!r} in {folder} (expected {list(FEATURE_FILES)}{extra})"
         )
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:  # np.load would open an .npz archive, or refuse a pickle with advice to unpickle it
+        raise LayoutError(
+            f"{path}: cannot be read as a .npy array (the file does not start with the .npy magic bytes: empty, "
+            "an .npz archive, a pickle or another format?)"
+        )
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except Exception as e:  # a bad header, a pickled object, a truncated file
-        raise LayoutError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {e})") from None
-    if not isinstance(arr, np.ndarray):
-        raise LayoutError(f"{path}: expected one .npy array, got {type(arr).__name__}")
-    return arr
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:  # a bad header, an object array, a truncated file
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise LayoutError(f"{path}: cannot be read as a .npy array ({detail})") from None
 
 
 def _check_finite(arr: np.ndarray, path: Path) -> None:
@@ -333,12 +399,28 @@ def _check_finite(arr: np.ndarray, path: Path) -> None:
         raise LayoutError(f"{path}: {int(bad.sum())} non-finite values (NaN/inf), first at index {first}")
 
 
+def _as_float32(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Finite floating features as float32; values beyond float32's range would silently become inf."""
+    _check_finite(arr, path)
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise LayoutError(
+            f"{path}: {int(bad.sum())} values beyond the float32 range (|x| > 3.4e38), first at index {first} "
+            f"(value {float(arr[first]):g})"
+        )
+    return out
+
+
 def read_clip_features(folder: str | Path) -> ClipFeatures:
     """Reads and validates the four feature files of one clip folder (spec §7.1).
 
-    Checks: all four files present; ``video`` uint8 ``[n,H,W,3]`` with n ≥ 1; ``vggish``/``bert``
-    floating ``[n,128]``/``[n,768]`` and finite; labels ``[n]`` integer, or floating with integral
-    finite values (BAH stores 0/1 as float32); the same n everywhere. ``video`` stays memory-mapped.
+    Checks: all four files present and ``.npy`` arrays (never unpickled); ``video`` uint8 ``[n,H,W,3]``
+    with n, H, W ≥ 1; ``vggish``/``bert`` floating ``[n,128]``/``[n,768]``, finite and within float32's
+    range; labels ``[n]`` integer, or floating with integral finite values (BAH stores 0/1 as float32),
+    within int32; the same n everywhere. ``video`` stays memory-mapped.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -352,6 +434,10 @@ def read_clip_features(folder: str | Path) -> ClipFeatures:
     n = int(video.shape[0])
     if n < 1:
         raise LayoutError(f"{paths[VIDEO_FILE]}: clip has no frames (shape {list(video.shape)})")
+    if min(video.shape[1:3]) < 1:
+        raise LayoutError(
+            f"{paths[VIDEO_FILE]}: frames have no pixels (shape {list(video.shape)}; H and W must be at least 1)"
+        )
     out: dict[str, np.ndarray] = {}
     for name, dim in ((VGGISH_FILE, VGGISH_DIM), (BERT_FILE, BERT_DIM)):
         arr = _load_npy(paths[name], folder)
@@ -361,8 +447,7 @@ def read_clip_features(folder: str | Path) -> ClipFeatures:
             raise LayoutError(
                 f"{paths[name]}: has {arr.shape[0]} frames but {VIDEO_FILE} has {n} (all modalities must share n)"
             )
-        _check_finite(arr, paths[name])
-        out[name] = arr.astype(np.float32)
+        out[name] = _as_float32(arr, paths[name])
     labels = _load_npy(paths[LABEL_FILE], folder)
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
         raise LayoutError(
@@ -376,8 +461,9 @@ def read_clip_features(folder: str | Path) -> ClipFeatures:
         _check_finite(labels, paths[LABEL_FILE])
         if not np.array_equal(labels, np.round(labels)):
             raise LayoutError(f"{paths[LABEL_FILE]}: float labels must be whole class ids (e.g. 0.0/1.0)")
-    if np.abs(labels).max() >= 2**31:
-        raise LayoutError(f"{paths[LABEL_FILE]}: label values do not fit int32 (max |label| {np.abs(labels).max()})")
+    lo, hi = labels.min(), labels.max()
+    if lo < -(2**31) or hi >= 2**31:  # (np.abs of int64's minimum is negative: compare the extremes)
+        raise LayoutError(f"{paths[LABEL_FILE]}: label values do not fit int32 (they span [{lo}, {hi}])")
     return ClipFeatures(video, out[VGGISH_FILE], out[BERT_FILE], labels.astype(np.int64).astype(np.int32))
 
 
@@ -415,6 +501,8 @@ def resize_frames(video: np.ndarray, size: int = FRAME_SIZE, source: str | Path 
         return np.ascontiguousarray(video, dtype=np.uint8)
     if h != w:
         raise LayoutError(f"{source}: frames must be square to be resized to {size}x{size}, got {h}x{w}")
+    if h < 1:
+        raise LayoutError(f"{source}: frames have no pixels ({h}x{w}); cannot resize them to {size}x{size}")
     if not has_pil():
         raise LayoutError(
             f"{source}: frames are {h}x{w}; resizing them to {size}x{size} (PIL bilinear, spec §1.2) needs Pillow "

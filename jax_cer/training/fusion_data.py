@@ -72,9 +72,7 @@ def load_data(cfg: TrainConfig, workdir: str | Path | None = None) -> dict[str, 
     raw = {k: ClipSource(v) for k, v in sources.items()}
     cache = Path(workdir) / "zscore.npz" if workdir is not None else None
     if cache is not None and cache.is_file():
-        with np.load(cache) as z:
-            stats = {k: {"mean": z[f"{k}_mean"], "std": z[f"{k}_std"]} for k in ZSCORE_KEYS}
-            lengths = [int(n) for n in z["train_lengths"]]
+        stats, lengths = _read_zscore_cache(cache, len(raw["train"]))
     else:
         both = _Concat([raw["train"], raw["val"]])
         stats = zscore_stats(both)
@@ -85,6 +83,30 @@ def load_data(cfg: TrainConfig, workdir: str | Path | None = None) -> dict[str, 
             np.savez(tmp, train_lengths=np.asarray(lengths, np.int64), **arrays)
             tmp.replace(cache)
     return {k: ClipSource(v, stats=stats, lengths=lengths if k == "train" else None) for k, v in sources.items()}
+
+
+def _read_zscore_cache(cache: Path, num_train: int) -> tuple[dict, list[int]]:
+    """The statistics and train lengths cached by :func:`load_data`; a file that is not such a cache, or the cache
+    of another dataset or fold (another number of train clips), is refused naming the file."""
+    redo = "delete it to recompute the statistics, or use another work directory"
+    keys = ["train_lengths"] + [f"{k}_{s}" for k in ZSCORE_KEYS for s in ("mean", "std")]
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in keys if k in z.files}
+    except Exception as e:  # not an .npz archive (a pickle, a plain .npy), cut short, an object array
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"{cache}: cannot be read as a z-score cache ({detail}); {redo}") from None
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{cache}: not a z-score cache (no {missing}); {redo}")
+    lengths = arrays["train_lengths"]
+    if lengths.ndim != 1 or lengths.size != num_train:
+        raise ValueError(
+            f"{cache}: cached for {lengths.size} train clips but the train split has {num_train} (another dataset "
+            f"or fold?); {redo}"
+        )
+    stats = {k: {"mean": arrays[f"{k}_mean"], "std": arrays[f"{k}_std"]} for k in ZSCORE_KEYS}
+    return stats, [int(n) for n in lengths]
 
 
 class _Concat(Sequence):

@@ -136,11 +136,8 @@ def read_json(path: Path, keys: Mapping[str, type | tuple[type, ...]] | None = N
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -267,8 +267,8 @@ def test_tokenizer_must_fit_the_model_vocabulary(tmp_path: Path, capsys) -> None
     _tiny_tokenizer(d / "tokenizer.json", TINY_WORDS + tuple(f"w{i}" for i in range(40)))  # 54 ids, the model has 40
     cfg = dataclasses.replace(TEXT_CONFIGS["synthetic-text"], checkpoint=str(d))
     message = (
-        f"text checkpoint {d}: tokenizer.json has token ids up to 53 but config.json's vocab_size is 40: the "
-        "tokenizer does not belong to this model"
+        f"{d / 'tokenizer.json'} has token ids up to 53 but the model's vocab_size is 40: the tokenizer does not "
+        "belong to this model"
     )
     with pytest.raises(ValueError) as err:
         build_text_model(cfg, len(MELD_TEXT_LABELS))

@@ -51,11 +51,7 @@ class SentenceEncoder:
         max_seq_length = check_max_length(max_seq_length, "max_seq_length")
         if max_seq_length is not None and max_seq_length > limit:
             raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's max_position_embeddings {limit}")
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(
-                f"{tokenizer.path} has token ids up to {tokenizer.vocab_size - 1} but the model's vocab_size is "
-                f"{model.config.vocab_size}: the tokenizer does not belong to this model"
-            )
+        tokenizer.check_vocabulary(model.config.vocab_size)
         self.model = model
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length or limit

@@ -60,6 +60,14 @@ class Tokenizer:
         self.pad_id = int(pad)
         self.max_length = check_max_length(max_length, "max_length")
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Raises ValueError unless every id this tokenizer produces is below a model's ``vocab_size``."""
+        if self.vocab_size > vocab_size:
+            raise ValueError(
+                f"{self.path} has token ids up to {self.vocab_size - 1} but the model's vocab_size is {vocab_size}: "
+                "the tokenizer does not belong to this model"
+            )
+
     def encode(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         texts = check_texts(texts)
         limit = check_max_length(max_length, "max_length") or self.max_length

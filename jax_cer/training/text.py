@@ -107,15 +107,10 @@ def build_text_model(cfg: TextTrainConfig, num_classes: int) -> tuple[TextClassi
     """The classifier (LoRA applied for ``method=lora``), its tokenizer and the trainable filter.
 
     The checkpoint's tokenizer must produce only ids of the model's vocabulary (a ValueError naming the
-    checkpoint folder otherwise, before the weights are read)."""
+    tokenizer.json otherwise, before the weights are read)."""
     path = checkpoint_dir(Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint())
     tokenizer = Tokenizer(path / "tokenizer.json", max_length=cfg.max_length)
-    vocab_size = BertConfig.from_json(path / "config.json").vocab_size
-    if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
-            f"text checkpoint {path}: tokenizer.json has token ids up to {tokenizer.vocab_size - 1} but config.json's "
-            f"vocab_size is {vocab_size}: the tokenizer does not belong to this model"
-        )
+    tokenizer.check_vocabulary(BertConfig.from_json(path / "config.json").vocab_size)
     attention_fn = flash_attention_fn() if cfg.attention == "flash" else None
     encoder = load_bert(path, attention_fn=attention_fn)
     if cfg.attention_dropout >= 0:
